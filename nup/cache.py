@@ -1,0 +1,59 @@
+"""The run cache: ``run(config)`` returns ``train(config)``, computed once.
+
+A run is keyed by a hash of its full configuration (with ``device="auto"`` resolved) and the
+``nup`` version, and stored by ``joblib.Memory`` under ``results/`` (or ``$NUP_RESULTS_DIR``).
+joblib writes each result to a temporary file and renames it, so a killed run leaves a
+complete result or none; a result it cannot read is recomputed, with a warning.  After
+changing ``nup``'s numerics, bump ``nup.__version__`` or ``make clean-results``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from joblib import Memory
+
+from nup.device import resolve_device
+from nup.train import RunConfig, RunResult, train
+
+__all__ = ["run", "is_cached", "results_dir"]
+
+
+def results_dir() -> Path:
+    default = Path(__file__).resolve().parents[1] / "results"
+    return Path(os.environ.get("NUP_RESULTS_DIR", default))
+
+
+def _train_from_dict(config: dict, version: str) -> RunResult:
+    # ``version`` is unused here: it is part of the cache key.
+    return train(RunConfig(**config))
+
+
+def _cached_function(cache_dir):
+    memory = Memory(location=str(cache_dir or results_dir()), verbose=0)
+    return memory.cache(_train_from_dict)
+
+
+def _key(config: RunConfig):
+    from nup import __version__
+
+    config.validate()
+    values = config.as_dict()
+    values["device"] = resolve_device(config.device).type
+    return values, __version__
+
+
+def run(config: RunConfig, cache: bool = True, cache_dir: str | os.PathLike | None = None) -> RunResult:
+    """``train(config)``, read from the cache when this configuration ran before."""
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
+    values, version = _key(config)
+    if not cache:
+        return train(RunConfig(**values))
+    return _cached_function(cache_dir)(values, version)
+
+
+def is_cached(config: RunConfig, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether ``run(config)`` would be read from the cache."""
+    return _cached_function(cache_dir).check_call_in_cache(*_key(config))
