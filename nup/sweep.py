@@ -1,0 +1,332 @@
+"""Sweeps: many ``RunConfig`` in, one long-format ``DataFrame`` out.
+
+``grid(depth=[2, 4], lr=[0.1, 1.0])`` spells out a cartesian product as a list of dicts;
+``sweep(configs)`` runs each configuration through the run cache (``nup.cache.run``), so a
+finished run is never computed twice, and stacks the runs' ``(step, metric, layer, value)``
+rows with a ``run`` index and one column per config field that varies across the sweep.
+
+Backends (argument ``backend``, else ``$NUP_SWEEP_BACKEND``, else ``"loky"``):
+
+* ``"loky"``: local worker processes through ``joblib.Parallel`` (``n_jobs`` of them;
+  ``n_jobs=1`` runs in this process, like ``"serial"``);
+* ``"serial"``: one run after the other in this process;
+* ``"dask"``: joblib's Dask backend on a ``dask.distributed`` cluster whose scheduler is
+  ``scheduler=`` (an address or a ``Client``), else ``$NUP_DASK_SCHEDULER``, else the
+  default client of this session.  Uses every worker of the cluster (``n_jobs`` is ignored);
+  the workers must see ``cache_dir`` (a shared file system) and have ``nup`` installed.
+
+Faults.  A run that raises is reported, not raised: it gets one row with ``metric="failed"``
+and the reason in the ``error`` column.  A worker process that dies (killed, out of memory,
+a crash in native code) breaks the whole ``joblib.Parallel`` call; the runs that finished are
+kept, the ones that never started are resubmitted, and the ones that were in flight are
+rerun one at a time, so the run that kills its worker is found and tried ``retries`` more
+times before it is reported as failed.  A diverged run is a result like any other
+(``diverged``, ``diverged_step``).
+
+Determinism.  Parallel workers run torch with one thread each (``threads``), so workers do
+not oversubscribe the cores; CPU results of the same run then agree with the serial path's
+as long as torch's kernels give the same bits at both thread counts (they do for the small
+matrices of the tests; a sweep reads back whatever a run cached first in any case).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nup import cache as nup_cache
+from nup.device import resolve_device
+from nup.train import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult
+from nup.validation import check_choice, check_int
+
+__all__ = ["grid", "sweep", "BACKENDS", "CONFIG_FIELDS"]
+
+BACKENDS = ("loky", "serial", "dask")
+CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
+_RUN_COLUMNS = ["step", "metric", "layer", "value"]
+
+
+# ----------------------------------------------------------------------------------- grid
+
+def grid(**axes) -> list[dict]:
+    """The cartesian product of ``axes`` as a list of dicts, last axis varying fastest.
+
+    Each axis is a ``RunConfig`` field name with a non-empty list (tuple, range, array) of
+    values; a tuple-valued field takes a list of tuples, e.g. ``classes=[(0, 1), (2, 3)]``.
+    """
+    if not axes:
+        raise ValueError(f"grid() needs at least one axis, e.g. grid(depth=[2, 4]); axes are RunConfig fields: "
+                         f"{', '.join(CONFIG_FIELDS)}")
+    for name, values in axes.items():
+        check_choice("grid axis", name, CONFIG_FIELDS)
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Iterable, np.ndarray)):
+            raise ValueError(f"grid axis {name}={values!r} is not a list; give a non-empty list of values, "
+                             f"e.g. {name}=[{values!r}]")
+        if len(list(values)) == 0:
+            raise ValueError(f"grid axis {name}=[] is empty; give at least one value")
+    names = list(axes)
+    # ``.item()`` turns numpy scalars into Python ones, so configs hash the same either way.
+    columns = [[v.item() if isinstance(v, np.generic) else v for v in axes[n]] for n in names]
+    return [dict(zip(names, combo)) for combo in itertools.product(*columns)]
+
+
+# ---------------------------------------------------------------------------------- sweep
+
+@dataclass
+class _Outcome:
+    result: RunResult | None = None
+    error: str | None = None
+
+
+def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool = True, cache: bool = True,
+          cache_dir: str | os.PathLike | None = None, retries: int = 1, scheduler=None,
+          threads: int | None = None) -> pd.DataFrame:
+    """Run ``configs`` (``RunConfig`` objects or dicts of their fields) and return one DataFrame.
+
+    Columns: ``run`` (the index into ``configs``), every config field whose value differs
+    between runs, the runs' ``step, metric, layer, value`` rows, ``diverged``,
+    ``diverged_step`` (nullable) and ``error`` (``None`` unless the run failed).  All configs
+    are validated before any run starts; a bad one is a ``ValueError`` naming its index and
+    field.  ``retries``: how many more times a run whose worker process died is tried.
+    ``threads``: torch threads per run (default: 1 in parallel workers, unchanged in serial).
+    """
+    configs = _validate_configs(configs)
+    n_jobs = _validate_n_jobs(n_jobs)
+    retries = check_int("retries", retries, minimum=0)
+    if threads is not None:
+        threads = check_int("threads", threads, minimum=1)
+    backend = _resolve_backend(backend)
+    if backend == "loky" and n_jobs == 1:
+        backend = "serial"
+    if backend != "dask":
+        # On a cluster the workers, not this machine, decide whether CUDA exists.
+        for i, config in enumerate(configs):
+            try:
+                resolve_device(config.device)
+            except ValueError as exc:
+                raise ValueError(f"configs[{i}]: {exc}") from None
+    if backend != "serial" and threads is None:
+        threads = 1
+    cache_dir = str(Path(cache_dir if cache_dir is not None else nup_cache.results_dir()).resolve())
+
+    from tqdm.auto import tqdm
+
+    # Passing ``disable`` only when progress=False lets TQDM_DISABLE=1 switch the bar off.
+    bar = tqdm(total=len(configs), desc="runs", unit="run", **({} if progress else {"disable": True}))
+    try:
+        if backend == "serial":
+            outcomes = _run_serial(configs, cache, cache_dir, threads, bar)
+        else:
+            outcomes = _run_parallel(configs, backend, n_jobs, cache, cache_dir, retries, scheduler, threads, bar)
+    finally:
+        bar.close()
+    failed = [i for i, o in enumerate(outcomes) if o.error is not None]
+    if failed:
+        warnings.warn(f"{len(failed)} of {len(configs)} runs failed (runs {failed[:10]}{'...' if len(failed) > 10 else ''}); "
+                      "their reasons are in the 'error' column", RuntimeWarning, stacklevel=2)
+    return _frame(configs, outcomes)
+
+
+def _validate_configs(configs) -> list[RunConfig]:
+    if isinstance(configs, (RunConfig, Mapping)):
+        configs = [configs]
+    if isinstance(configs, (str, bytes)) or not isinstance(configs, Iterable):
+        raise ValueError(f"configs={configs!r} is not a list; configs must be a non-empty list of RunConfig or dicts")
+    configs = list(configs)
+    if not configs:
+        raise ValueError("configs=[] is empty; configs must be a non-empty list of RunConfig or dicts (see nup.sweep.grid)")
+    out = []
+    for i, item in enumerate(configs):
+        if isinstance(item, RunConfig):
+            config = item
+        elif isinstance(item, Mapping):
+            unknown = [k for k in item if k not in CONFIG_FIELDS]
+            if unknown:
+                raise ValueError(f"configs[{i}]: {unknown[0]!r} is not a RunConfig field; choose from "
+                                 f"{', '.join(CONFIG_FIELDS)}")
+            try:
+                config = RunConfig(**item)
+            except ValueError as exc:
+                raise ValueError(f"configs[{i}]: {exc}") from None
+        else:
+            raise ValueError(f"configs[{i}]={item!r} is not a RunConfig or a dict of RunConfig fields")
+        try:
+            config.validate()  # a RunConfig may have been changed with object.__setattr__
+        except ValueError as exc:
+            raise ValueError(f"configs[{i}]: {exc}") from None
+        out.append(config)
+    return out
+
+
+def _validate_n_jobs(n_jobs) -> int:
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
+        raise ValueError(f"n_jobs={n_jobs!r} is not allowed; n_jobs must be an integer >= 1, or -1 for all cores")
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+
+
+def _resolve_backend(backend) -> str:
+    if backend is None:
+        env = os.environ.get("NUP_SWEEP_BACKEND")
+        if env:
+            return check_choice("NUP_SWEEP_BACKEND", env, BACKENDS)
+        return "loky"
+    return check_choice("backend", backend, BACKENDS)
+
+
+# ------------------------------------------------------------------------------ execution
+
+def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads: int | None,
+             marker_dir: str | None = None, registry: dict | None = None):
+    """One run, in whichever process executes it; never raises, so one bad run cannot abort
+    the joblib call.  Returns ``(index, _Outcome)``."""
+    if marker_dir is not None:
+        # Tells the parent this run started, should this process die before it returns.
+        Path(marker_dir, str(index)).touch()
+    if registry:
+        # Diagnostics and schedules registered in the parent (a notebook, a test) exist here too.
+        DIAGNOSTICS.update(registry["diagnostics"])
+        SCHEDULES.update(registry["schedules"])
+    previous = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return index, _Outcome(result=nup_cache.run(config, cache=cache, cache_dir=cache_dir))
+    except Exception as exc:  # noqa: BLE001 (a failed run is a result)
+        return index, _Outcome(error=f"{type(exc).__name__}: {exc}")
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_serial(configs, cache, cache_dir, threads, bar) -> list[_Outcome]:
+    outcomes = []
+    for i, config in enumerate(configs):
+        outcomes.append(_run_one(i, config, cache, cache_dir, threads)[1])
+        bar.update()
+    return outcomes
+
+
+def _registry(configs) -> dict:
+    """The factories of the diagnostics and schedules the configs name (pickled to workers)."""
+    diagnostics = {name for c in configs for name in c.diagnostics}
+    return {"diagnostics": {name: DIAGNOSTICS[name] for name in diagnostics},
+            "schedules": {c.schedule: SCHEDULES[c.schedule] for c in configs}}
+
+
+def _run_parallel(configs, backend, n_jobs, cache, cache_dir, retries, scheduler, threads, bar) -> list[_Outcome]:
+    import joblib
+
+    outcomes: dict[int, _Outcome] = {}
+    deaths: dict[int, int] = {}
+    registry = _registry(configs)
+    queue = list(range(len(configs)))  # run together
+    isolate: list[int] = []  # were in flight when a worker died: run one at a time
+    client, own_client = (_dask_client(scheduler) if backend == "dask" else (None, False))
+    config_kwargs = dict(backend="dask", client=client) if backend == "dask" else dict(backend="loky")
+    marker_root = tempfile.mkdtemp(prefix="nup-sweep-")
+    try:
+        while queue or isolate:
+            if queue:
+                batch, queue = queue, []
+            else:
+                batch = [isolate.pop(0)]
+            markers = tempfile.mkdtemp(dir=marker_root)
+            done: set[int] = set()
+            try:
+                with joblib.parallel_config(**config_kwargs):
+                    parallel = joblib.Parallel(n_jobs=max(n_jobs, 2) if backend == "loky" else -1, batch_size=1,
+                                               return_as="generator_unordered")
+                    tasks = (joblib.delayed(_run_one)(i, configs[i], cache, cache_dir, threads, markers, registry)
+                             for i in batch)
+                    for i, outcome in parallel(tasks):
+                        outcomes[i] = outcome
+                        done.add(i)
+                        bar.update()
+            except Exception as exc:  # noqa: BLE001 (a worker died, or the engine failed)
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                unfinished = [i for i in batch if i not in done]
+                if len(batch) == 1:
+                    # Alone in its worker: this run is the one that killed it.
+                    i = batch[0]
+                    deaths[i] = deaths.get(i, 0) + 1
+                    if deaths[i] > retries:
+                        outcomes[i] = _Outcome(error=f"the worker process died while running this configuration "
+                                                     f"({deaths[i]} attempts): {reason}")
+                        bar.update()
+                    else:
+                        isolate.append(i)
+                    continue
+                started = {int(name) for name in os.listdir(markers)}
+                suspects = [i for i in unfinished if i in started] or unfinished
+                isolate.extend(suspects)
+                queue = [i for i in unfinished if i not in suspects] + queue
+    finally:
+        shutil.rmtree(marker_root, ignore_errors=True)
+        if own_client:
+            client.close()
+    return [outcomes[i] for i in range(len(configs))]
+
+
+def _dask_client(scheduler):
+    """``(client, whether we created it)`` for ``scheduler`` (address or Client), else
+    ``$NUP_DASK_SCHEDULER``, else the session's default client."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError("backend='dask' needs dask.distributed, which is an optional extra: "
+                          "pip install 'nup[dask]' (or pip install 'dask[distributed]')") from exc
+    if isinstance(scheduler, distributed.Client):
+        return scheduler, False
+    address = scheduler if scheduler is not None else os.environ.get("NUP_DASK_SCHEDULER")
+    if address is not None:
+        if not isinstance(address, str) or not address:
+            raise ValueError(f"scheduler={address!r} is not allowed; give a scheduler address such as "
+                             "'tcp://10.0.0.1:8786' or a dask.distributed.Client")
+        return distributed.Client(address, set_as_default=False), True
+    try:
+        return distributed.default_client(), False
+    except ValueError:
+        raise ValueError("backend='dask' needs a scheduler: pass scheduler='tcp://host:8786' (or a "
+                         "dask.distributed.Client), set NUP_DASK_SCHEDULER, or create a Client first") from None
+
+
+# -------------------------------------------------------------------------------- results
+
+def _frame(configs: list[RunConfig], outcomes: list[_Outcome]) -> pd.DataFrame:
+    first = configs[0]
+    varying = [name for name in CONFIG_FIELDS if any(getattr(c, name) != getattr(first, name) for c in configs)]
+    parts = []
+    for outcome in outcomes:
+        if outcome.result is not None:
+            parts.append(outcome.result.df[_RUN_COLUMNS])
+        else:  # one row that says so; step 0 keeps the column an integer
+            parts.append(pd.DataFrame({"step": [0], "metric": ["failed"], "layer": [0], "value": [math.nan]}))
+    lengths = [len(p) for p in parts]
+    run = np.repeat(np.arange(len(configs)), lengths)
+    frame = pd.concat(parts, ignore_index=True).astype({"step": "int64", "layer": "int64", "value": "float64"})
+
+    def per_run(values, dtype=None) -> pd.Series:
+        """One value per run, repeated over that run's rows."""
+        return pd.Series(values, dtype=dtype).take(run).reset_index(drop=True)
+
+    frame.insert(0, "run", run)
+    for position, name in enumerate(varying, start=1):
+        values = [getattr(c, name) for c in configs]
+        # Tuples and None stay Python objects (pandas would otherwise turn None into NaN).
+        mixed = any(v is None or isinstance(v, tuple) for v in values)
+        frame.insert(position, name, per_run(values, object if mixed else None))
+    diverged_step = [o.result.diverged_step if o.result is not None else None for o in outcomes]
+    frame["diverged"] = per_run([s is not None for s in diverged_step], bool)
+    frame["diverged_step"] = per_run(diverged_step, "Int64")
+    frame["error"] = per_run([o.error for o in outcomes], object)
+    return frame
