@@ -247,7 +247,7 @@ def train(config: RunConfig) -> RunResult:
                 if idx is not None:
                     rows.append((step, "loss", 0, ctx.loss_fn(model(x), y).item()))
                 if x_test is not None:
-                    rows.extend(_test_metrics(step, ctx))
+                    rows.extend((step, *r) for r in _test_metrics(ctx))
             for diagnostic in diagnostics:
                 rows.extend((step, *r) for r in diagnostic(step, ctx, preacts if idx is None else None))
         if is_last:
@@ -271,7 +271,7 @@ def train(config: RunConfig) -> RunResult:
     return RunResult(config, df, diverged_step, ctx.state.get("extras", {}))
 
 
-def _test_metrics(step: int, ctx: TrainContext):
+def _test_metrics(ctx: TrainContext):
     out = ctx.model(ctx.x_test)
     rows = [("test_loss", 0, ctx.loss_fn(out, ctx.y_test).item())]
     labels = ctx.y_test if ctx.config.loss == "ce" else ctx.y_test.argmax(dim=1)

@@ -1,0 +1,38 @@
+"""The set-up files agree with each other: pyproject.toml is the source of truth."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(requirements):
+    return {re.split(r"[<>=!\[ ]", r, maxsplit=1)[0].lower(): r for r in requirements}
+
+
+def test_environment_yml_installs_what_pyproject_declares():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in ("notebooks", "dev"):
+        declared += project["optional-dependencies"][extra]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip
+    assert _names(r for r in pip if r != "-e .") == _names(declared)
+
+
+def test_torch_is_pinned_to_the_cpu_wheel_on_disk():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "torch==2.13.0" in project["dependencies"]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")]
+    assert commands[-1].strip() == "make test"
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make figures" in readme
