@@ -16,6 +16,7 @@ from nup.train import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult, mse_loss, tr
 from nup import diagnostics  # noqa: F401  (registers the "updates" and "preactivations" diagnostics)
 from nup.cache import is_cached, run
 from nup.plotting import savefig
+from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
 
 __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
