@@ -264,6 +264,7 @@ def train(config: RunConfig) -> RunResult:
                 rows.extend((step, *r) for r in after_step(step, ctx))
         if scheduler is not None:
             scheduler.step()
+    rows.extend(getattr(scheduler, "log_rows", ()))  # e.g. GeometricLR's schedule_eigenvalue / schedule_eta
     if diverged_step is not None:
         rows.append((diverged_step, "diverged", 0, float(diverged_step)))
     df = pd.DataFrame(rows, columns=["step", "metric", "layer", "value"])
