@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -68,17 +69,19 @@ def grid(**axes) -> list[dict]:
     if not axes:
         raise ValueError(f"grid() needs at least one axis, e.g. grid(depth=[2, 4]); axes are RunConfig fields: "
                          f"{', '.join(CONFIG_FIELDS)}")
+    columns = []
     for name, values in axes.items():
-        check_choice("grid axis", name, CONFIG_FIELDS)
-        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Iterable, np.ndarray)):
+        if name not in CONFIG_FIELDS:
+            raise ValueError(f"grid axis {name!r} is not a RunConfig field; choose from {', '.join(CONFIG_FIELDS)}")
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
             raise ValueError(f"grid axis {name}={values!r} is not a list; give a non-empty list of values, "
                              f"e.g. {name}=[{values!r}]")
-        if len(list(values)) == 0:
+        # ``.item()`` turns numpy scalars into Python ones, so configs hash the same either way.
+        values = [v.item() if isinstance(v, np.generic) else v for v in values]
+        if not values:
             raise ValueError(f"grid axis {name}=[] is empty; give at least one value")
-    names = list(axes)
-    # ``.item()`` turns numpy scalars into Python ones, so configs hash the same either way.
-    columns = [[v.item() if isinstance(v, np.generic) else v for v in axes[n]] for n in names]
-    return [dict(zip(names, combo)) for combo in itertools.product(*columns)]
+        columns.append(values)
+    return [dict(zip(axes, combo)) for combo in itertools.product(*columns)]
 
 
 # ---------------------------------------------------------------------------------- sweep
@@ -98,15 +101,24 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     between runs, the runs' ``step, metric, layer, value`` rows, ``diverged``,
     ``diverged_step`` (nullable) and ``error`` (``None`` unless the run failed).  All configs
     are validated before any run starts; a bad one is a ``ValueError`` naming its index and
-    field.  ``retries``: how many more times a run whose worker process died is tried.
-    ``threads``: torch threads per run (default: 1 in parallel workers, unchanged in serial).
+    field.
+
+    ``n_jobs``: local worker processes (-1: one per core).  ``backend``: ``"loky"``,
+    ``"serial"`` or ``"dask"`` (see the module docstring); ``scheduler``: the Dask scheduler
+    address or ``Client`` (implies ``backend="dask"``).  ``cache=False`` computes every run
+    and stores nothing; ``cache_dir`` defaults to ``nup.cache.results_dir()``.  ``retries``:
+    how many more times a run whose worker process died is tried.  ``threads``: torch
+    threads per run (default: 1 in parallel workers, unchanged in serial).
     """
     configs = _validate_configs(configs)
     n_jobs = _validate_n_jobs(n_jobs)
+    for name, value in (("progress", progress), ("cache", cache)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is not allowed; {name} must be True or False")
     retries = check_int("retries", retries, minimum=0)
     if threads is not None:
         threads = check_int("threads", threads, minimum=1)
-    backend = _resolve_backend(backend)
+    backend = _resolve_backend(backend, scheduler)
     if backend == "loky" and n_jobs == 1:
         backend = "serial"
     if backend != "dask":
@@ -120,6 +132,8 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
         threads = 1
     cache_dir = str(Path(cache_dir if cache_dir is not None else nup_cache.results_dir()).resolve())
 
+    client, own_client = _dask_client(scheduler) if backend == "dask" else (None, False)
+
     from tqdm.auto import tqdm
 
     # Passing ``disable`` only when progress=False lets TQDM_DISABLE=1 switch the bar off.
@@ -128,9 +142,11 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
         if backend == "serial":
             outcomes = _run_serial(configs, cache, cache_dir, threads, bar)
         else:
-            outcomes = _run_parallel(configs, backend, n_jobs, cache, cache_dir, retries, scheduler, threads, bar)
+            outcomes = _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, bar)
     finally:
         bar.close()
+        if own_client:
+            client.close()
     failed = [i for i, o in enumerate(outcomes) if o.error is not None]
     if failed:
         warnings.warn(f"{len(failed)} of {len(configs)} runs failed (runs {failed[:10]}{'...' if len(failed) > 10 else ''}); "
@@ -175,13 +191,18 @@ def _validate_n_jobs(n_jobs) -> int:
     return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
 
 
-def _resolve_backend(backend) -> str:
+def _resolve_backend(backend, scheduler) -> str:
     if backend is None:
         env = os.environ.get("NUP_SWEEP_BACKEND")
         if env:
-            return check_choice("NUP_SWEEP_BACKEND", env, BACKENDS)
-        return "loky"
-    return check_choice("backend", backend, BACKENDS)
+            backend = check_choice("NUP_SWEEP_BACKEND", env, BACKENDS)
+        else:
+            backend = "dask" if scheduler is not None else "loky"
+    else:
+        check_choice("backend", backend, BACKENDS)
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"scheduler={scheduler!r} is only used by backend='dask', not backend={backend!r}")
+    return backend
 
 
 # ------------------------------------------------------------------------------ execution
@@ -223,58 +244,75 @@ def _registry(configs) -> dict:
             "schedules": {c.schedule: SCHEDULES[c.schedule] for c in configs}}
 
 
-def _run_parallel(configs, backend, n_jobs, cache, cache_dir, retries, scheduler, threads, bar) -> list[_Outcome]:
-    import joblib
+def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, bar) -> list[_Outcome]:
+    """Run everything at once; after a worker death, bisect the runs that were in flight.
 
+    A dead worker fails the whole joblib call.  Runs that had finished are kept, runs that had
+    not started go back to the main batch, and the runs in flight (found by their start
+    markers) are split in halves that run as separate batches: the half without the culprit
+    completes, the other is split again, until the culprit runs alone.  Only a death alone
+    counts as an attempt, so innocent runs are never charged for another's crash.
+    """
     outcomes: dict[int, _Outcome] = {}
-    deaths: dict[int, int] = {}
+    attempts: dict[int, int] = {}
     registry = _registry(configs)
-    queue = list(range(len(configs)))  # run together
-    isolate: list[int] = []  # were in flight when a worker died: run one at a time
-    client, own_client = (_dask_client(scheduler) if backend == "dask" else (None, False))
-    config_kwargs = dict(backend="dask", client=client) if backend == "dask" else dict(backend="loky")
+    pending = list(range(len(configs)))  # not yet started
+    suspects: deque[list[int]] = deque()  # groups that were in flight when a worker died
+    # With Dask, joblib uses every worker of the cluster; locally, n_jobs=1 would run in this process.
+    engine = dict(backend="dask", client=client) if client is not None else dict(backend="loky")
+    n_jobs = -1 if client is not None else max(n_jobs, 2)
     marker_root = tempfile.mkdtemp(prefix="nup-sweep-")
     try:
-        while queue or isolate:
-            if queue:
-                batch, queue = queue, []
+        while pending or suspects:
+            if pending:
+                batch, pending = pending, []
             else:
-                batch = [isolate.pop(0)]
+                batch = suspects.popleft()
             markers = tempfile.mkdtemp(dir=marker_root)
-            done: set[int] = set()
-            try:
-                with joblib.parallel_config(**config_kwargs):
-                    parallel = joblib.Parallel(n_jobs=max(n_jobs, 2) if backend == "loky" else -1, batch_size=1,
-                                               return_as="generator_unordered")
-                    tasks = (joblib.delayed(_run_one)(i, configs[i], cache, cache_dir, threads, markers, registry)
-                             for i in batch)
-                    for i, outcome in parallel(tasks):
-                        outcomes[i] = outcome
-                        done.add(i)
-                        bar.update()
-            except Exception as exc:  # noqa: BLE001 (a worker died, or the engine failed)
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-                unfinished = [i for i in batch if i not in done]
-                if len(batch) == 1:
-                    # Alone in its worker: this run is the one that killed it.
-                    i = batch[0]
-                    deaths[i] = deaths.get(i, 0) + 1
-                    if deaths[i] > retries:
-                        outcomes[i] = _Outcome(error=f"the worker process died while running this configuration "
-                                                     f"({deaths[i]} attempts): {reason}")
-                        bar.update()
-                    else:
-                        isolate.append(i)
-                    continue
-                started = {int(name) for name in os.listdir(markers)}
-                suspects = [i for i in unfinished if i in started] or unfinished
-                isolate.extend(suspects)
-                queue = [i for i in unfinished if i not in suspects] + queue
+            tasks = [(i, configs[i], cache, cache_dir, threads, markers, registry) for i in batch]
+            done, error = _run_batch(tasks, engine, n_jobs, outcomes, bar)
+            if error is None:
+                continue
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            if len(batch) == 1:  # alone in its worker: this run killed it
+                i = batch[0]
+                attempts[i] = attempts.get(i, 0) + 1
+                if attempts[i] > retries:
+                    tries = f"{attempts[i]} attempt{'s' if attempts[i] > 1 else ''}"
+                    outcomes[i] = _Outcome(error=f"the worker process died while running this configuration "
+                                                 f"({tries}): {reason}")
+                    bar.update()
+                else:
+                    suspects.append(batch)
+                continue
+            unfinished = [i for i in batch if i not in done]
+            started = {int(name) for name in os.listdir(markers)}
+            in_flight = [i for i in unfinished if i in started] or unfinished
+            pending = [i for i in unfinished if i not in in_flight] + pending
+            half = (len(in_flight) + 1) // 2
+            suspects.extend(group for group in (in_flight[:half], in_flight[half:]) if group)
     finally:
         shutil.rmtree(marker_root, ignore_errors=True)
-        if own_client:
-            client.close()
     return [outcomes[i] for i in range(len(configs))]
+
+
+def _run_batch(tasks, engine, n_jobs, outcomes, bar) -> tuple[set[int], Exception | None]:
+    """Run ``tasks`` through joblib, storing outcomes as they arrive; ``(indices done, the
+    exception that stopped the batch or None)``."""
+    import joblib
+
+    done: set[int] = set()
+    try:
+        with joblib.parallel_config(**engine):
+            # batch_size=1: one run per task, so a death loses only the runs in flight.
+            parallel = joblib.Parallel(n_jobs=n_jobs, batch_size=1, return_as="generator_unordered")
+            for i, outcome in parallel(joblib.delayed(_run_one)(*task) for task in tasks):
+                outcomes[i] = outcome
+                done.add(i)
+                bar.update()
+    except Exception as exc:  # noqa: BLE001 (a worker died, or the engine failed: _run_one itself never raises)
+        return done, exc
+    return done, None
 
 
 def _dask_client(scheduler):

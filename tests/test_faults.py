@@ -1,0 +1,285 @@
+"""Faults: kills mid-write, unreadable cache files, a sweep killed part-way, dying workers, divergence.
+
+What joblib does (joblib 1.6, ``_store_backends.py``): ``dump_item`` pickles a result to
+``output.pkl.<uuid>-<pid>-<thread>`` and ``os.replace``s it onto ``output.pkl``, so
+``output.pkl`` is either absent or complete.  ``MemorizedFunc._cached_call`` treats any
+exception while loading ``output.pkl`` as a miss: it logs a warning ("Exception while
+loading results") through the ``joblib`` logger and recomputes, overwriting the file.
+The tests below check both, and what ``nup.sweep`` builds on them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import joblib
+import pytest
+from pandas.testing import assert_frame_equal
+
+import nup.cache
+import nup.sweep
+from nup import RunConfig, train
+from nup.cache import is_cached, run
+from nup.sweep import sweep
+from nup.train import register_schedule
+
+BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_trains(monkeypatch) -> list:
+    """Patch the training function the run cache calls; the list grows by one per computed run."""
+    calls = []
+
+    def counting_train(config):
+        calls.append(config)
+        return train(config)
+
+    monkeypatch.setattr(nup.cache, "train", counting_train)
+    return calls
+
+
+def result_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.rglob("output.pkl"))
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+class SimulatedKill(BaseException):
+    """Stops the process's work at once, like SIGKILL (``except Exception`` does not catch it)."""
+
+
+def test_a_result_killed_mid_write_leaves_no_result_file(tmp_path, monkeypatch):
+    real_dump = joblib.numpy_pickle.dump
+
+    def dump_half_then_die(value, f, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_dump(value, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        raise SimulatedKill
+
+    config = RunConfig(**BASE)
+    with monkeypatch.context() as patch:
+        patch.setattr(joblib.numpy_pickle, "dump", dump_half_then_die)
+        with pytest.raises(SimulatedKill):
+            run(config, cache_dir=tmp_path)
+    # The half-written bytes are in a temporary file; output.pkl never appeared.
+    assert result_files(tmp_path) == []
+    assert [p.name.split(".")[:2] for p in tmp_path.rglob("output.pkl.*")] == [["output", "pkl"]]
+    assert not is_cached(config, cache_dir=tmp_path)
+    calls = count_trains(monkeypatch)
+    assert_frame_equal(run(config, cache_dir=tmp_path).df, train(config).df)
+    assert len(calls) == 1 and is_cached(config, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_an_unreadable_result_is_recomputed_with_a_warning(damage, tmp_path, monkeypatch, caplog):
+    config = RunConfig(**BASE)
+    expected = run(config, cache_dir=tmp_path).df
+    (path,) = result_files(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a pickle" * 10, "empty": b""}[damage])
+
+    calls = count_trains(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="joblib"):
+        result = run(config, cache_dir=tmp_path)
+    assert "Exception while loading results" in caplog.text
+    assert len(calls) == 1
+    assert_frame_equal(result.df, expected)
+    assert_frame_equal(joblib.load(path).df, expected)  # the file was rewritten whole
+
+    caplog.clear()
+    assert_frame_equal(run(config, cache_dir=tmp_path).df, expected)
+    assert len(calls) == 1 and "Exception" not in caplog.text
+
+
+def test_a_sweep_recomputes_an_unreadable_result(tmp_path, monkeypatch, caplog):
+    configs = [BASE, dict(BASE, seed=1)]
+    expected = sweep(configs, backend="serial", cache_dir=tmp_path, progress=False)
+    path = result_files(tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:100])
+    calls = count_trains(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="joblib"):
+        again = sweep(configs, backend="serial", cache_dir=tmp_path, progress=False)
+    assert len(calls) == 1 and "Exception while loading results" in caplog.text
+    assert_frame_equal(again, expected)
+
+
+# ---------------------------------------------------------------------- a sweep killed part-way
+
+# Six runs of ~0.2 s each, so the poll below sees the cache grow one run at a time.
+SLOW_CONFIGS = [dict(BASE, depth=3, steps=400, seed=seed) for seed in range(6)]
+
+
+def test_a_sweep_killed_with_sigkill_resumes_to_the_identical_result(tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        from nup.sweep import sweep
+        sweep({SLOW_CONFIGS!r}, backend="serial", cache_dir={str(cache_dir)!r})
+    """)
+    env = dict(os.environ, TQDM_DISABLE="1")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(result_files(cache_dir)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert process.poll() is None, f"the sweep ended before it could be killed: {process.communicate()}"
+        process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert "%|" not in stderr.decode(), "TQDM_DISABLE=1 should hide the progress bar"
+
+    configs = [RunConfig(**c) for c in SLOW_CONFIGS]
+    cached = [is_cached(c, cache_dir=cache_dir) for c in configs]
+    assert 2 <= sum(cached) < len(configs), cached
+    assert cached == sorted(cached, reverse=True)  # the serial sweep finished a prefix
+    for path in result_files(cache_dir):  # what is there is complete
+        assert joblib.load(path).df is not None
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in result_files(cache_dir)}
+
+    calls = count_trains(monkeypatch)
+    resumed = sweep(SLOW_CONFIGS, backend="serial", cache_dir=cache_dir, progress=False)
+    # Only the unfinished runs were computed; the finished ones were read, not rewritten.
+    assert [c.seed for c in calls] == [c.seed for c, done in zip(configs, cached) if not done]
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stamp for p, stamp in stamps.items())
+
+    uninterrupted = sweep(SLOW_CONFIGS, backend="serial", cache=False, progress=False)
+    assert_frame_equal(resumed, uninterrupted)
+
+
+# --------------------------------------------------------------------------- dying workers
+
+@register_schedule("test_exit_worker")
+def exit_worker(ctx):
+    """A schedule that kills its process the first ``die_times`` times it is built.
+
+    Only for these tests: the sweep ships it to its workers (pickled by reference to this
+    module), and it counts attempts in the file ``counter``.  It never kills the pytest
+    process itself (``guard_pid``).
+    """
+    options = dict(ctx.config.schedule_options)
+    counter = Path(options["counter"])
+    attempt = len(counter.read_text()) if counter.exists() else 0
+    with counter.open("a") as f:
+        f.write("x")
+    if attempt < options["die_times"]:
+        if os.getpid() == options["guard_pid"]:
+            raise RuntimeError("test_exit_worker would kill the test process; run it in a worker")
+        if options["how"] == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    return None  # a constant learning rate
+
+
+def dying(counter: Path, die_times: int, how: str, seed: int) -> dict:
+    options = dict(counter=str(counter), die_times=die_times, how=how, guard_pid=os.getpid())
+    return dict(BASE, seed=seed, schedule="test_exit_worker", schedule_options=options)
+
+
+def test_a_worker_killed_with_sigkill_does_not_take_the_sweep_down(tmp_path):
+    counter = tmp_path / "attempts"
+    configs = [dict(BASE, seed=0), dying(counter, 99, "sigkill", seed=1), dict(BASE, seed=2)]
+    reference = sweep([configs[0], configs[2]], backend="serial", cache=False, progress=False)
+
+    with pytest.warns(RuntimeWarning, match=r"1 of 3 runs failed \(runs \[1\]\)"):
+        df = sweep(configs, n_jobs=2, backend="loky", cache=False, progress=False, retries=0)
+
+    error = df[df.run == 1].error.iloc[0]
+    assert df[df.run == 1].metric.tolist() == ["failed"]
+    assert error.startswith("the worker process died while running this configuration (1 attempt): "
+                            "TerminatedWorkerError")
+    assert "SIGKILL" in error  # loky reports the worker's exit code
+    # One attempt alone in a worker, and perhaps one in the first batch (not charged).
+    assert len(counter.read_text()) in (1, 2)
+    others = df[df.run != 1].reset_index(drop=True)
+    expected = reference.assign(run=reference.run.map({0: 0, 1: 2}))
+    assert_frame_equal(others[expected.columns], expected, check_dtype=False)
+
+
+def fake_pool(monkeypatch, die_times: dict[int, int], slots: int = 2) -> Counter:
+    """Replace the worker pool by a deterministic stand-in: tasks run ``slots`` at a time; a
+    run (by seed) in ``die_times`` kills its worker that many times, and like loky's, the
+    pool then fails the whole call, losing its partner in flight.  Returns the deaths."""
+    deaths: Counter = Counter()
+
+    def run_batch(tasks, engine, n_jobs, outcomes, bar):
+        done = set()
+        for k in range(0, len(tasks), slots):
+            in_flight = tasks[k:k + slots]
+            for index, config, *_, markers, _registry in in_flight:
+                Path(markers, str(index)).touch()
+            killers = [config.seed for _, config, *_ in in_flight if deaths[config.seed] < die_times.get(config.seed, 0)]
+            if killers:
+                deaths[killers[0]] += 1
+                return done, RuntimeError("worker died")
+            for index, config, cache, cache_dir, threads, *_ in in_flight:
+                outcomes[index] = nup.sweep._run_one(index, config, cache, cache_dir, threads)[1]
+                done.add(index)
+                bar.update()
+        return done, None
+
+    monkeypatch.setattr(nup.sweep, "_run_batch", run_batch)
+    return deaths
+
+
+SIX = [dict(BASE, seed=seed) for seed in range(6)]
+
+
+@pytest.fixture(scope="module")
+def six_serial():
+    return sweep(SIX, backend="serial", cache=False, progress=False)
+
+
+@pytest.mark.parametrize("die_times, retries, failed", [
+    ({1: 99}, 1, {1: "2 attempts"}),  # dies alone twice: reported; its partner is not charged
+    ({1: 99, 4: 99}, 0, {1: "1 attempt", 4: "1 attempt"}),
+    ({0: 1, 5: 2}, 2, {}),  # flaky runs: retried until they finish
+    ({2: 1}, 0, {}),  # a death in a batch is not an attempt: run alone, it finishes
+    ({2: 99, 3: 99}, 1, {2: "2 attempts", 3: "2 attempts"}),  # two culprits in flight together
+])
+def test_worker_deaths_are_blamed_on_their_run_alone(die_times, retries, failed, monkeypatch, six_serial):
+    deaths = fake_pool(monkeypatch, die_times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        df = sweep(SIX, n_jobs=2, backend="loky", cache=False, progress=False, retries=retries)
+    errors = df.groupby("run").error.first().dropna()
+    assert {run: error.split("(")[1].split(")")[0] for run, error in errors.items()} == failed
+    assert set(deaths) == set(die_times)  # innocents never die, culprits die at most retries+1 times alone
+    for run in failed:
+        assert deaths[run] in (retries + 1, retries + 2)
+    ok = ~df.run.isin(list(failed))
+    assert_frame_equal(df[ok].drop(columns="error").reset_index(drop=True),
+                       six_serial[six_serial.run.isin(df[ok].run)].drop(columns="error").reset_index(drop=True))
+
+
+# -------------------------------------------------------------------------------- divergence
+
+def test_a_diverged_run_is_a_cached_result(tmp_path, monkeypatch):
+    diverging = dict(BASE, parameterization="sp", lr=1e4)  # NaN/inf loss within a few steps
+    df = sweep([dict(BASE, parameterization="sp"), diverging], backend="serial", cache_dir=tmp_path, progress=False)
+    assert is_cached(RunConfig(**diverging), cache_dir=tmp_path)
+    bad = df[df.run == 1]
+    step = int(bad.diverged_step.iloc[0])
+    assert bad.diverged.all() and (bad.diverged_step == step).all() and step > 0
+    assert bad[bad.metric == "diverged"].step.tolist() == [step]
+    assert bad[bad.metric == "loss"].step.max() < step and bad.value.notna().all()
+    assert not df[df.run == 0].diverged.any() and df[df.run == 0].diverged_step.isna().all()
+
+    calls = count_trains(monkeypatch)  # read back, divergence included
+    result = run(RunConfig(**diverging), cache_dir=tmp_path)
+    assert calls == [] and result.diverged and result.diverged_step == step
