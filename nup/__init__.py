@@ -14,6 +14,7 @@ from nup.param import MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, ge
 from nup.device import resolve_device, resolve_dtype
 from nup.train import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult, mse_loss, train
 from nup import diagnostics  # noqa: F401  (registers the "updates" and "preactivations" diagnostics)
+from nup import kernels, ntk, curvature  # noqa: F401
 from nup.cache import is_cached, run
 from nup.plotting import savefig
 from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
