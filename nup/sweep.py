@@ -19,8 +19,10 @@ Faults.  A run that raises is reported, not raised: it gets one row with ``metri
 and the reason in the ``error`` column.  A worker process that dies (killed, out of memory,
 a crash in native code) breaks the whole ``joblib.Parallel`` call; the runs that finished are
 kept, the ones that never started are resubmitted, and the ones that were in flight are
-rerun one at a time, so the run that kills its worker is found and tried ``retries`` more
-times before it is reported as failed.  A diverged run is a result like any other
+bisected until the run that kills its worker runs alone; it is tried ``retries`` more times
+before it is reported as failed (in ``"serial"`` a dying run takes the sweep with it, as
+there is no worker).  Runs are written to the cache as they finish, so a sweep killed
+outright resumes where it stopped.  A diverged run is a result like any other
 (``diverged``, ``diverged_step``).
 
 Determinism.  Parallel workers run torch with one thread each (``threads``), so workers do
@@ -149,7 +151,8 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
             client.close()
     failed = [i for i, o in enumerate(outcomes) if o.error is not None]
     if failed:
-        warnings.warn(f"{len(failed)} of {len(configs)} runs failed (runs {failed[:10]}{'...' if len(failed) > 10 else ''}); "
+        runs = f"{failed[:10]}{'...' if len(failed) > 10 else ''}"
+        warnings.warn(f"{len(failed)} of {len(configs)} runs failed (runs {runs}); "
                       "their reasons are in the 'error' column", RuntimeWarning, stacklevel=2)
     return _frame(configs, outcomes)
 
@@ -161,7 +164,8 @@ def _validate_configs(configs) -> list[RunConfig]:
         raise ValueError(f"configs={configs!r} is not a list; configs must be a non-empty list of RunConfig or dicts")
     configs = list(configs)
     if not configs:
-        raise ValueError("configs=[] is empty; configs must be a non-empty list of RunConfig or dicts (see nup.sweep.grid)")
+        raise ValueError("configs=[] is empty; configs must be a non-empty list of RunConfig or dicts "
+                         "(see nup.sweep.grid)")
     out = []
     for i, item in enumerate(configs):
         if isinstance(item, RunConfig):
@@ -279,7 +283,7 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, b
                 attempts[i] = attempts.get(i, 0) + 1
                 if attempts[i] > retries:
                     tries = f"{attempts[i]} attempt{'s' if attempts[i] > 1 else ''}"
-                    outcomes[i] = _Outcome(error=f"the worker process died while running this configuration "
+                    outcomes[i] = _Outcome(error=f"the worker running this configuration died or failed "
                                                  f"({tries}): {reason}")
                     bar.update()
                 else:

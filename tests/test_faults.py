@@ -201,7 +201,7 @@ def test_a_worker_killed_with_sigkill_does_not_take_the_sweep_down(tmp_path):
 
     error = df[df.run == 1].error.iloc[0]
     assert df[df.run == 1].metric.tolist() == ["failed"]
-    assert error.startswith("the worker process died while running this configuration (1 attempt): "
+    assert error.startswith("the worker running this configuration died or failed (1 attempt): "
                             "TerminatedWorkerError")
     assert "SIGKILL" in error  # loky reports the worker's exit code
     # One attempt alone in a worker, and perhaps one in the first batch (not charged).
@@ -223,7 +223,8 @@ def fake_pool(monkeypatch, die_times: dict[int, int], slots: int = 2) -> Counter
             in_flight = tasks[k:k + slots]
             for index, config, *_, markers, _registry in in_flight:
                 Path(markers, str(index)).touch()
-            killers = [config.seed for _, config, *_ in in_flight if deaths[config.seed] < die_times.get(config.seed, 0)]
+            seeds = [config.seed for _, config, *_ in in_flight]
+            killers = [seed for seed in seeds if deaths[seed] < die_times.get(seed, 0)]
             if killers:
                 deaths[killers[0]] += 1
                 return done, RuntimeError("worker died")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from pandas.testing import assert_frame_equal
@@ -19,6 +18,7 @@ import nup.cache
 from nup import RunConfig, train
 from nup.sweep import grid, sweep
 
+NO_DASK = "dask.distributed is not installed (pip install 'nup[dask]')"
 # Tiny teacher runs: a few milliseconds each.
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 
@@ -156,7 +156,8 @@ def test_runs_cached_by_workers_are_read_back_not_recomputed(tmp_path, serial_fr
 
 def test_backend_from_environment_is_validated(monkeypatch):
     monkeypatch.setenv("NUP_SWEEP_BACKEND", "spark")
-    with pytest.raises(ValueError, match="NUP_SWEEP_BACKEND='spark' is not allowed; choose one of 'loky', 'serial', 'dask'"):
+    message = "NUP_SWEEP_BACKEND='spark' is not allowed; choose one of 'loky', 'serial', 'dask'"
+    with pytest.raises(ValueError, match=message):
         sweep([BASE], progress=False)
 
 
@@ -171,14 +172,14 @@ def test_dask_missing_is_a_clear_error(monkeypatch):
 # ------------------------------------------------------------------------------------ dask
 
 def test_dask_without_a_scheduler_says_how_to_give_one(monkeypatch):
-    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'nup[dask]')")
+    pytest.importorskip("distributed", reason=NO_DASK)
     monkeypatch.delenv("NUP_DASK_SCHEDULER", raising=False)
     with pytest.raises(ValueError, match="NUP_DASK_SCHEDULER"):
         sweep([BASE], backend="dask", progress=False)
 
 
 def test_dask_local_cluster_equals_the_serial_run(serial_frame, tmp_path, monkeypatch):
-    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'nup[dask]')")
+    distributed = pytest.importorskip("distributed", reason=NO_DASK)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         df = sweep(tiny_configs(), backend="dask", scheduler=cluster.scheduler_address, cache=False, progress=False)

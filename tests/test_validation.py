@@ -37,13 +37,16 @@ RUN_CONFIG_CASES = [
     (dict(parameterization="adam"), f"parameterization='adam' is not allowed; choose {PARAMETERIZATIONS}"),
     (dict(parameterization="NuP"), "parameterization='NuP' is not allowed"),
     (dict(activation="swish"), "activation='swish' is not allowed; choose one of 'relu', 'abs'"),
-    (dict(width_profile="cubic"), "width_profile='cubic' is not allowed; choose one of 'constant', 'linear', 'quadratic'"),
+    (dict(width_profile="cubic"),
+     "width_profile='cubic' is not allowed; choose one of 'constant', 'linear', 'quadratic'"),
     (dict(normalize="l2"), f"normalize='l2' is not allowed; choose {NORMALIZE}"),
     (dict(loss="hinge"), "loss='hinge' is not allowed; choose one of 'mse', 'ce'"),
     (dict(loss="ce"), "loss='ce' needs class labels; dataset='teacher' is a regression task, use loss='mse'"),
     (dict(dataset="mnist"), "dataset='mnist' is not allowed; choose one of 'fashion_mnist', 'teacher'"),
-    (dict(dataset="fashion_mnist", n_train=60_001), r"n_train=60001 is out of range; n_train must be an integer in \[1, 60000\]"),
-    (dict(dataset="fashion_mnist", n_test=10_001), r"n_test=10001 is out of range; n_test must be an integer in \[0, 10000\]"),
+    (dict(dataset="fashion_mnist", n_train=60_001),
+     r"n_train=60001 is out of range; n_train must be an integer in \[1, 60000\]"),
+    (dict(dataset="fashion_mnist", n_test=10_001),
+     r"n_test=10001 is out of range; n_test must be an integer in \[0, 10000\]"),
     (dict(n_train=0), r"n_train=0 is out of range"),
     (dict(n_train=256, batch_size=300), r"batch_size=300 is out of range; batch_size must be an integer in \[1, 256\]"),
     (dict(batch_size=0), r"batch_size=0 is out of range"),
@@ -57,7 +60,8 @@ RUN_CONFIG_CASES = [
     (dict(device="tpu"), "device='tpu' is not allowed; choose one of 'auto', 'cpu', 'cuda'"),
     (dict(record_every=0), "record_every=0 is out of range; record_every must be an integer >= 1"),
     (dict(diagnostic_every=0), "diagnostic_every=0 is out of range"),
-    (dict(diagnostics=["gradients"]), "diagnostics='gradients' is not allowed; choose one of 'updates', 'preactivations'"),
+    (dict(diagnostics=["gradients"]),
+     "diagnostics='gradients' is not allowed; choose one of 'updates', 'preactivations'"),
     (dict(schedule="cosine"), "schedule='cosine' is not allowed; choose one of 'constant'"),
 ]
 
@@ -70,8 +74,8 @@ def test_run_config_rejects(bad, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_without_cuda():
-    with pytest.raises(ValueError, match=re.escape("device='cuda' was asked for but torch.cuda.is_available() is False; "
-                                                   "use device='cpu' or 'auto'")):
+    message = "device='cuda' was asked for but torch.cuda.is_available() is False; use device='cpu' or 'auto'"
+    with pytest.raises(ValueError, match=re.escape(message)):
         resolve_device("cuda")
 
 
@@ -83,21 +87,27 @@ OTHER_CASES = [
      "option 'base_width' is not an option of parameterization 'nup'; allowed: normalize, sigma2_scale, width_profile"),
     (lambda: get_parameterization("nup", normalize="l2"), f"normalize='l2' is not allowed; choose {NORMALIZE}"),
     (lambda: get_parameterization("sp", width_profile="cubic"), "width_profile='cubic' is not allowed"),
-    (lambda: get_parameterization("ntk", sigma2_scale=-1), "sigma2_scale=-1 is not allowed; sigma2_scale must be a finite number > 0"),
-    (lambda: get_parameterization("mup", base_width=0), "base_width=0 is out of range; base_width must be an integer >= 1"),
+    (lambda: get_parameterization("ntk", sigma2_scale=-1),
+     "sigma2_scale=-1 is not allowed; sigma2_scale must be a finite number > 0"),
+    (lambda: get_parameterization("mup", base_width=0),
+     "base_width=0 is out of range; base_width must be an integer >= 1"),
     (lambda: NormalizedSGD(_params(), lr=-1), "lr=-1 is not allowed; lr must be a finite number > 0"),
     (lambda: NormalizedSGD(_params(), lr=math.nan), "lr=nan is not allowed"),
     (lambda: NormalizedSGD(_params(), lr=0.1, normalize="l2"), f"normalize='l2' is not allowed; choose {NORMALIZE}"),
-    (lambda: NormalizedSGD(_params(), lr=0.1, momentum=1.0), r"momentum=1.0 is not allowed; momentum must be in \[0, 1\)"),
-    (lambda: NormalizedSGD(_params(), lr=0.1, momentum=-0.1), "momentum=-0.1 is not allowed; momentum must be a finite number >= 0"),
-    (lambda: NormalizedSGD([{"params": _params(), "lr": -1.0}], lr=0.1), r"lr \(of a parameter group\)=-1.0 is not allowed"),
+    (lambda: NormalizedSGD(_params(), lr=0.1, momentum=1.0),
+     r"momentum=1.0 is not allowed; momentum must be in \[0, 1\)"),
+    (lambda: NormalizedSGD(_params(), lr=0.1, momentum=-0.1),
+     "momentum=-0.1 is not allowed; momentum must be a finite number >= 0"),
+    (lambda: NormalizedSGD([{"params": _params(), "lr": -1.0}], lr=0.1),
+     r"lr \(of a parameter group\)=-1.0 is not allowed"),
     # grid
     (lambda: grid(), r"grid\(\) needs at least one axis, e.g. grid\(depth=\[2, 4\]\)"),
     (lambda: grid(depth=[]), r"grid axis depth=\[\] is empty; give at least one value"),
     (lambda: grid(depth=[2], lr=()), r"grid axis lr=\[\] is empty"),
     (lambda: grid(depth=4), r"grid axis depth=4 is not a list; give a non-empty list of values, e.g. depth=\[4\]"),
     (lambda: grid(activation="relu"), r"grid axis activation='relu' is not a list"),
-    (lambda: grid(depht=[2]), "grid axis 'depht' is not a RunConfig field; choose from parameterization, activation, depth"),
+    (lambda: grid(depht=[2]),
+     "grid axis 'depht' is not a RunConfig field; choose from parameterization, activation, depth"),
     # sweep: the configs
     (lambda: sweep([]), r"configs=\[\] is empty; configs must be a non-empty list of RunConfig or dicts"),
     (lambda: sweep(grid(depth=[2])[:0]), r"configs=\[\] is empty"),
@@ -107,15 +117,18 @@ OTHER_CASES = [
     (lambda: sweep([TEACHER, dict(TEACHER, depth="4")]),
      r"configs\[1\]: depth='4' is not an integer; depth must be an integer >= 1"),
     (lambda: sweep([dict(TEACHER, lr=-1)]), r"configs\[0\]: lr=-1 is not allowed; lr must be a finite number > 0"),
-    (lambda: sweep([dict(TEACHER, parameterization="adam")]), rf"configs\[0\]: parameterization='adam' is not allowed; choose {PARAMETERIZATIONS}"),
+    (lambda: sweep([dict(TEACHER, parameterization="adam")]),
+     rf"configs\[0\]: parameterization='adam' is not allowed; choose {PARAMETERIZATIONS}"),
     # sweep: its own arguments
-    (lambda: sweep([TEACHER], n_jobs=0), "n_jobs=0 is not allowed; n_jobs must be an integer >= 1, or -1 for all cores"),
+    (lambda: sweep([TEACHER], n_jobs=0),
+     "n_jobs=0 is not allowed; n_jobs must be an integer >= 1, or -1 for all cores"),
     (lambda: sweep([TEACHER], n_jobs="4"), "n_jobs='4' is not allowed"),
     (lambda: sweep([TEACHER], retries=-1), "retries=-1 is out of range; retries must be an integer >= 0"),
     (lambda: sweep([TEACHER], threads=0), "threads=0 is out of range; threads must be an integer >= 1"),
     (lambda: sweep([TEACHER], progress="yes"), "progress='yes' is not allowed; progress must be True or False"),
     (lambda: sweep([TEACHER], cache=None), "cache=None is not allowed; cache must be True or False"),
-    (lambda: sweep([TEACHER], backend="spark"), "backend='spark' is not allowed; choose one of 'loky', 'serial', 'dask'"),
+    (lambda: sweep([TEACHER], backend="spark"),
+     "backend='spark' is not allowed; choose one of 'loky', 'serial', 'dask'"),
     (lambda: sweep([TEACHER], backend="loky", scheduler="tcp://127.0.0.1:8786"),
      "scheduler='tcp://127.0.0.1:8786' is only used by backend='dask', not backend='loky'"),
 ]
@@ -135,7 +148,8 @@ def test_entry_points_reject(call, message, tmp_path, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_sweep_rejects_cuda_without_cuda_before_running_anything(tmp_path):
-    with pytest.raises(ValueError, match=r"configs\[1\]: device='cuda' was asked for but torch.cuda.is_available\(\) is False"):
+    message = r"configs\[1\]: device='cuda' was asked for but torch.cuda.is_available\(\) is False"
+    with pytest.raises(ValueError, match=message):
         sweep([TEACHER, dict(TEACHER, device="cuda")], backend="serial", cache_dir=tmp_path, progress=False)
     assert not list(tmp_path.rglob("output.pkl"))
 
