@@ -31,7 +31,7 @@ import nup.sweep
 from nup import RunConfig, train
 from nup.cache import is_cached, run
 from nup.sweep import sweep
-from nup.train import register_schedule
+from nup.train import SCHEDULES
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -164,36 +164,34 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_identical_result(tmp_path, m
 
 # --------------------------------------------------------------------------- dying workers
 
-@register_schedule("test_exit_worker")
 def exit_worker(ctx):
-    """A schedule that kills its process the first ``die_times`` times it is built.
+    """A schedule that SIGKILLs its own process, counting attempts in the file ``counter``.
 
     Only for these tests: the sweep ships it to its workers (pickled by reference to this
-    module), and it counts attempts in the file ``counter``.  It never kills the pytest
-    process itself (``guard_pid``).
+    module, which they import).  It never kills the pytest process itself (``guard_pid``).
     """
     options = dict(ctx.config.schedule_options)
-    counter = Path(options["counter"])
-    attempt = len(counter.read_text()) if counter.exists() else 0
-    with counter.open("a") as f:
+    with open(options["counter"], "a") as f:
         f.write("x")
-    if attempt < options["die_times"]:
-        if os.getpid() == options["guard_pid"]:
-            raise RuntimeError("test_exit_worker would kill the test process; run it in a worker")
-        if options["how"] == "sigkill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(3)
-    return None  # a constant learning rate
+    if os.getpid() == options["guard_pid"]:
+        raise RuntimeError("test_exit_worker would kill the test process; run it in a worker")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def dying(counter: Path, die_times: int, how: str, seed: int) -> dict:
-    options = dict(counter=str(counter), die_times=die_times, how=how, guard_pid=os.getpid())
+@pytest.fixture
+def exit_worker_schedule(monkeypatch):
+    """Registers ``exit_worker`` for one test only, so other tests never see it among the schedules."""
+    monkeypatch.setitem(SCHEDULES, "test_exit_worker", exit_worker)
+
+
+def dying(counter: Path, seed: int) -> dict:
+    options = dict(counter=str(counter), guard_pid=os.getpid())
     return dict(BASE, seed=seed, schedule="test_exit_worker", schedule_options=options)
 
 
-def test_a_worker_killed_with_sigkill_does_not_take_the_sweep_down(tmp_path):
+def test_a_worker_killed_with_sigkill_does_not_take_the_sweep_down(tmp_path, exit_worker_schedule):
     counter = tmp_path / "attempts"
-    configs = [dict(BASE, seed=0), dying(counter, 99, "sigkill", seed=1), dict(BASE, seed=2)]
+    configs = [dict(BASE, seed=0), dying(counter, seed=1), dict(BASE, seed=2)]
     reference = sweep([configs[0], configs[2]], backend="serial", cache=False, progress=False)
 
     with pytest.warns(RuntimeWarning, match=r"1 of 3 runs failed \(runs \[1\]\)"):

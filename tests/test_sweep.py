@@ -192,3 +192,9 @@ def test_dask_local_cluster_equals_the_serial_run(serial_frame, tmp_path, monkey
         assert calls == []
         assert_frame_equal(df, serial_frame)
         assert all(nup.cache.is_cached(RunConfig(**c), cache_dir=tmp_path) for c in tiny_configs())
+        # A Client of one's own (say, made in a notebook) is used and left open.
+        monkeypatch.delenv("NUP_SWEEP_BACKEND")
+        with distributed.Client(cluster, set_as_default=False) as client:
+            df = sweep(tiny_configs(), scheduler=client, cache_dir=tmp_path, progress=False)
+            assert client.status == "running"
+        assert_frame_equal(df, serial_frame)
