@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -190,9 +191,9 @@ def _validate_configs(configs) -> list[RunConfig]:
 
 
 def _validate_n_jobs(n_jobs) -> int:
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or (n_jobs < 1 and n_jobs != -1):
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or (n_jobs < 1 and n_jobs != -1):
         raise ValueError(f"n_jobs={n_jobs!r} is not allowed; n_jobs must be an integer >= 1, or -1 for all cores")
-    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+    return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
 
 
 def _resolve_backend(backend, scheduler) -> str:
@@ -216,8 +217,12 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads
     """One run, in whichever process executes it; never raises, so one bad run cannot abort
     the joblib call.  Returns ``(index, _Outcome)``."""
     if marker_dir is not None:
-        # Tells the parent this run started, should this process die before it returns.
-        Path(marker_dir, str(index)).touch()
+        # Tells the parent this run started, should this process die before it returns.  On a
+        # worker that does not share this file system the parent sees no markers and bisects all.
+        try:
+            Path(marker_dir, str(index)).touch()
+        except OSError:
+            pass
     if registry:
         # Diagnostics and schedules registered in the parent (a notebook, a test) exist here too.
         DIAGNOSTICS.update(registry["diagnostics"])
