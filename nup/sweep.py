@@ -216,13 +216,7 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads
              marker_dir: str | None = None, registry: dict | None = None):
     """One run, in whichever process executes it; never raises, so one bad run cannot abort
     the joblib call.  Returns ``(index, _Outcome)``."""
-    if marker_dir is not None:
-        # Tells the parent this run started, should this process die before it returns.  On a
-        # worker that does not share this file system the parent sees no markers and bisects all.
-        try:
-            Path(marker_dir, str(index)).touch()
-        except OSError:
-            pass
+    _mark(marker_dir, f"{index}.started")
     if registry:
         # Diagnostics and schedules registered in the parent (a notebook, a test) exist here too.
         DIAGNOSTICS.update(registry["diagnostics"])
@@ -236,6 +230,18 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads
         return index, _Outcome(error=f"{type(exc).__name__}: {exc}")
     finally:
         torch.set_num_threads(previous)
+        _mark(marker_dir, f"{index}.finished")
+
+
+def _mark(marker_dir: str | None, name: str) -> None:
+    """Tells the parent how far a run got, should its worker die before the result arrives.
+    A worker that does not share the parent's file system leaves no markers visible there;
+    the parent then suspects every unfinished run."""
+    if marker_dir is not None:
+        try:
+            Path(marker_dir, name).touch()
+        except OSError:
+            pass
 
 
 def _run_serial(configs, cache, cache_dir, threads, bar) -> list[_Outcome]:
@@ -295,8 +301,12 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, b
                     suspects.append(batch)
                 continue
             unfinished = [i for i in batch if i not in done]
-            started = {int(name) for name in os.listdir(markers)}
-            in_flight = [i for i in unfinished if i in started] or unfinished
+            # In flight: started in a worker and not finished there (a finished run whose result
+            # was lost with the batch is innocent; it simply runs again, or is read from the cache).
+            marks = set(os.listdir(markers))
+            in_flight = [i for i in unfinished if f"{i}.started" in marks and f"{i}.finished" not in marks]
+            if not in_flight:  # no markers (or a death before any): suspect them all
+                in_flight = unfinished
             pending = [i for i in unfinished if i not in in_flight] + pending
             half = (len(in_flight) + 1) // 2
             suspects.extend(group for group in (in_flight[:half], in_flight[half:]) if group)

@@ -223,14 +223,15 @@ def fake_pool(monkeypatch, die_times: dict[int, int], slots: int = 2, markers_vi
             in_flight = tasks[k:k + slots]
             for index, config, *_, markers, _registry in in_flight:
                 if markers_visible:
-                    Path(markers, str(index)).touch()
+                    Path(markers, f"{index}.started").touch()
             seeds = [config.seed for _, config, *_ in in_flight]
             killers = [seed for seed in seeds if deaths[seed] < die_times.get(seed, 0)]
             if killers:
                 deaths[killers[0]] += 1
                 return done, RuntimeError("worker died")
-            for index, config, cache, cache_dir, threads, *_ in in_flight:
-                outcomes[index] = nup.sweep._run_one(index, config, cache, cache_dir, threads)[1]
+            for index, config, cache, cache_dir, threads, markers, _registry in in_flight:
+                outcomes[index] = nup.sweep._run_one(index, config, cache, cache_dir, threads,
+                                                     markers if markers_visible else None)[1]
                 done.add(index)
                 bar.update()
         return done, None
