@@ -17,11 +17,12 @@ from nup import diagnostics  # noqa: F401  (registers the "updates" and "preacti
 from nup import kernels, ntk, curvature  # noqa: F401
 from nup.cache import is_cached, run
 from nup.plotting import savefig
+from nup.sweep import grid, sweep
 from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
 
 __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
     "hidden_widths", "NormalizedSGD", "NORMALIZE_MODES", "Parameterization", "SP", "NTK", "MuP", "NuP",
     "PARAMETERIZATIONS", "get_parameterization", "resolve_device", "resolve_dtype", "RunConfig", "RunResult",
-    "train", "run", "is_cached", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "savefig",
+    "train", "run", "is_cached", "grid", "sweep", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "savefig",
 ]

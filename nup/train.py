@@ -121,6 +121,13 @@ class RunConfig:
         for name in self.diagnostics:
             check_choice("diagnostics", name, DIAGNOSTICS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        if self.classes is not None:
+            if not isinstance(self.classes, tuple) or len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) \
+                    or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in self.classes):
+                raise ValueError(f"classes={self.classes!r} is not allowed; give None (all 10 classes) or a list of at "
+                                 "least 2 distinct class labels in 0..9")
+            if self.dataset != "fashion_mnist":
+                raise ValueError(f"classes={self.classes!r} only applies to dataset='fashion_mnist'; leave it None")
         if self.dataset == "teacher" and self.loss == "ce":
             raise ValueError("loss='ce' needs class labels; dataset='teacher' is a regression task, use loss='mse'")
 
