@@ -103,6 +103,9 @@ def test_spectrum_against_eigh(parameterization):
     assert default.value == pytest.approx(eigenvalues[-1], rel=1e-3)
     top3 = ntk.ntk_top_eigenvalues(model, x, k=3, tol=1e-10)
     np.testing.assert_allclose(top3.values.numpy(), eigenvalues[::-1][:3], rtol=1e-8)
+    warm3 = ntk.ntk_top_eigenvalues(model, x, k=3, v0=top3.vectors, tol=1e-10)  # a (k, dim) block warm start
+    np.testing.assert_allclose(warm3.values.numpy(), eigenvalues[::-1][:3], rtol=1e-8)
+    assert warm3.n_products < top3.n_products
     assert ntk.ntk_condition_number(model, x) == pytest.approx(eigenvalues[-1] / eigenvalues[0], rel=1e-8)
     assert ntk.ntk_trace(model, x) == pytest.approx(eigenvalues.sum(), rel=1e-10)
 
