@@ -1,0 +1,247 @@
+"""Catapult-phase helpers: ``lambda_0`` of a run, learning rates in units of ``2/lambda_0``, loss-spike
+counting, the lazy / catapult / divergent phase of a run, and two cheap NTK diagnostics.
+
+Background (literature, not the paper; ``shared/paper-notes.md``, "Catapult and EOS"): with MSE
+``L = |f - y|^2/(2n)`` and ``K = J J^T/n`` the residuals follow ``r <- (I - eta K) r``.  For
+``eta * lambda_0 < 2`` (``lambda_0 = lambda_max(K_0)``) training is *lazy*: the loss decreases
+monotonically.  Above 2 the top mode grows, the loss spikes, ``lambda_t`` falls below ``2/eta`` and
+training converges (*catapult*, Lewkowycz et al. 2020; the window ends at ``eta * lambda_0 = 4`` in
+the two-layer linear model, about 12 reported for ReLU networks); far above, training *diverges*.
+
+* ``initial_ntk_eigenvalue(config)``: ``lambda_max(K_0)`` on the run's full training set, for the
+  very model ``nup.train`` builds from ``config`` (same data, same seed).
+* ``config_for_ratio(config, ratio)``: the config with ``lr = ratio / lambda_0``.
+* ``spike_steps(loss, rise)`` / ``count_spikes``: where the loss jumps by a factor ``1 + rise`` above
+  its running minimum (one count per excursion, however long).
+* ``largest_rise(loss)``: ``max_t loss_t / min_{s<t} loss_s - 1`` (0 for a monotone curve).
+* ``classify_phase(loss, diverged)``: ``"lazy"``, ``"catapult"`` or ``"divergent"`` (rules in its docstring).
+* ``window_edge(ratios, phases)``: the bracket of the upper edge of the catapult window.
+
+Diagnostics (``RunConfig.diagnostics``; importing ``nup.catapult`` registers them):
+
+* ``"ntk_lambda"``: ``lambda_max`` of the NTK on the **full training batch** every
+  ``diagnostic_every`` steps, matrix-free and warm-started (the ``"ntk"`` diagnostic forms the
+  probe kernel and its per-layer parts, which is far dearer on the full batch); row ``ntk_lambda``.
+* ``"ntk_motion"``: the *shape* of the probe kernel, ``K_hat = K/|K|_F``, which does not see a
+  change of scale: ``ntk_shape_change = |K_hat_t - K_hat_0|_F`` (in [0, 2]) and
+  ``ntk_shape_step = |K_hat_t - K_hat_s|_F`` since the previous diagnostic step ``s``; the running
+  sum of the steps is the kernel's path length.  (``ntk_change = |K_t - K_0|/|K_0|`` of the
+  ``"ntk"`` diagnostic saturates at 1 when the kernel shrinks, as it does under repeated catapults.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nup.device import resolve_device, resolve_dtype
+from nup.train import RunConfig, TrainContext, load_data, register_diagnostic
+from nup.validation import check_positive
+
+__all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",
+           "classify_phase", "PHASES", "window_edge", "constant_loss", "NTKLambda", "NTKMotion"]
+
+PHASES = ("lazy", "catapult", "divergent")
+
+
+# ---------------------------------------------------------------------------- lambda_0 and learning rates
+
+def _model_and_data(config: RunConfig):
+    config.validate()
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    x, y, _ = load_data(config, device, dtype)
+    d_out = (len(config.classes) if config.classes else 10) if config.loss == "ce" else y.shape[1]
+    model = config.build_parameterization().build(x.shape[1], d_out, config.depth, config.width, config.activation,
+                                                  seed=config.seed, dtype=dtype, device=device)
+    return model, x, y
+
+
+def initial_ntk_eigenvalue(config: RunConfig, tol: float = 1e-6, max_iter: int = 500) -> float:
+    """``lambda_max(K_0)``, ``K_0 = J J^T/n`` over the full training set, of the model ``train(config)``
+    starts from (the NTK without per-layer learning-rate factors, i.e. the one that governs plain GD
+    with one learning rate)."""
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
+    from nup.ntk import ntk_top_eigenvalue
+
+    model, x, _ = _model_and_data(config)
+    result = ntk_top_eigenvalue(model, x, tol=tol, max_iter=max_iter)
+    return float(result.value)
+
+
+def config_for_ratio(config: RunConfig, ratio: float, lambda0: float | None = None) -> RunConfig:
+    """``config`` with ``lr = ratio / lambda_0`` (``lambda_0`` measured unless given), so ``eta * lambda_0 = ratio``."""
+    ratio = check_positive("ratio", ratio)
+    if lambda0 is None:
+        lambda0 = initial_ntk_eigenvalue(config)
+    lambda0 = check_positive("lambda0", lambda0)
+    return config.replace(lr=ratio / lambda0)
+
+
+def constant_loss(config: RunConfig) -> float:
+    """The loss of the best constant output, ``|y - mean(y)|^2/(2n)`` (MSE runs): what a network that
+    stopped depending on its input would reach."""
+    _, _, y = _model_and_data(config)
+    y = y.double()
+    return float(((y - y.mean(dim=0)) ** 2).sum() / (2 * y.shape[0]))
+
+
+# ---------------------------------------------------------------------------- loss curves
+
+
+def _curve(loss) -> np.ndarray:
+    values = np.asarray(loss, dtype=float).reshape(-1)
+    if values.size == 0:
+        raise ValueError("loss is empty; pass the loss values of a run in step order")
+    return values
+
+
+def spike_steps(loss: Sequence[float], rise: float = 0.2) -> np.ndarray:
+    """Indices where a loss spike starts: the loss exceeds ``(1 + rise)`` times its running minimum.
+
+    One spike is one excursion: it ends once the loss is back below ``peak/(1 + rise)``, and the
+    running minimum restarts there.  Non-finite values end the scan (a diverged run).
+    """
+    rise = check_positive("rise", rise)
+    values = _curve(loss)
+    starts = []
+    low, peak, in_spike = values[0], None, False
+    for t in range(1, len(values)):
+        v = values[t]
+        if not math.isfinite(v):
+            break
+        if in_spike:
+            peak = max(peak, v)
+            if v < peak / (1 + rise):
+                in_spike, low = False, v
+        elif v > (1 + rise) * low:
+            starts.append(t)
+            in_spike, peak = True, v
+        else:
+            low = min(low, v)
+    return np.asarray(starts, dtype=int)
+
+
+def count_spikes(loss: Sequence[float], rise: float = 0.2) -> int:
+    """How many loss spikes (see ``spike_steps``)."""
+    return int(len(spike_steps(loss, rise)))
+
+
+def largest_rise(loss: Sequence[float]) -> float:
+    """``max_t loss_t / min_{s<t} loss_s - 1`` over the finite prefix; 0 when the loss never rises, inf
+    when it becomes non-finite."""
+    values = _curve(loss)
+    finite = np.isfinite(values)
+    if not finite.all():
+        return math.inf
+    if len(values) < 2:
+        return 0.0
+    running_min = np.minimum.accumulate(values)[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(running_min > 0, values[1:] / running_min, np.where(values[1:] > 0, np.inf, 1.0))
+    return float(max(0.0, ratios.max() - 1))
+
+
+def classify_phase(loss: Sequence[float], diverged: bool = False, rise: float = 0.05, settle: float = 0.5,
+                   blowup: float = 1e4, lambda_ratio: float | None = None, dead: float = 1e-6,
+                   baseline: float | None = None) -> str:
+    """The phase of a constant-learning-rate run from its loss curve (values in step order).
+
+    * ``"divergent"``: the run diverged (``diverged``, a non-finite loss, or a loss above ``blowup``
+      times the initial one), it did not come back (final loss not below ``settle`` times the
+      initial one), or it ended dead: ``lambda_ratio = lambda_end/lambda_0`` (if given) below
+      ``dead``, a ReLU network whose units all died after a blow-up (its output no longer depends
+      on the parameters, its loss that of a constant output), or it learned nothing: its final loss
+      is not below ``baseline`` (if given; e.g. ``constant_loss(config)``, the loss of the best
+      constant output);
+    * ``"lazy"``: otherwise, if the loss never rose by more than ``rise`` above its running minimum
+      (it decreased, nearly monotonically);
+    * ``"catapult"``: otherwise: it came back after at least one loss spike larger than ``rise``.
+
+    Oscillations late in a run (Edge-of-Stability behaviour) do not make a run divergent.
+    """
+    values = _curve(loss)
+    check_positive("rise", rise)
+    check_positive("settle", settle)
+    check_positive("blowup", blowup)
+    check_positive("dead", dead)
+    if diverged or not np.isfinite(values).all() or values.max() > blowup * values[0]:
+        return "divergent"
+    if not values[-1] < settle * values[0]:
+        return "divergent"
+    if lambda_ratio is not None and not lambda_ratio >= dead:  # NaN counts as dead
+        return "divergent"
+    if baseline is not None and not values[-1] < baseline:
+        return "divergent"
+    return "catapult" if largest_rise(values) > rise else "lazy"
+
+
+def window_edge(ratios: Sequence[float], phases: Sequence[str]) -> tuple[float, float]:
+    """``(lo, hi)``: the largest ratio that did not diverge below the first divergent ratio, and that ratio.
+
+    The upper edge of the catapult window lies in ``[lo, hi)``; ``hi`` is ``inf`` when no run diverged
+    and ``lo`` is ``nan`` when the smallest ratio already diverged.
+    """
+    ratios, phases = [float(r) for r in ratios], list(phases)
+    if not ratios or len(ratios) != len(phases):
+        raise ValueError(f"ratios and phases must be non-empty and of the same length, got {len(ratios)} and "
+                         f"{len(phases)}; pass the eta*lambda_0 of each run with its phase")
+    pairs = sorted(zip(ratios, phases))
+    for phase in (p for _, p in pairs):
+        if phase not in PHASES:
+            raise ValueError(f"phase {phase!r} is not allowed; phases are {', '.join(PHASES)}")
+    lo = math.nan
+    for ratio, phase in pairs:
+        if phase == "divergent":
+            return lo, ratio
+        lo = ratio
+    return lo, math.inf
+
+
+# ---------------------------------------------------------------------------- diagnostics
+
+@register_diagnostic("ntk_lambda")
+class NTKLambda:
+    """``lambda_max`` of the full-batch NTK every ``diagnostic_every`` steps (matrix-free Lanczos,
+    warm-started from the previous eigenvector); row ``ntk_lambda``."""
+
+    def __init__(self, ctx: TrainContext, tol: float = 1e-4):
+        self.vector: torch.Tensor | None = None
+        self.tol = check_positive("tol", tol)
+
+    def __call__(self, step, ctx: TrainContext, preactivations):
+        from nup.ntk import ntk_top_eigenvalue
+
+        result = ntk_top_eigenvalue(ctx.model, ctx.x, v0=self.vector, tol=self.tol)
+        self.vector = result.vector if math.isfinite(result.value) else None
+        return [("ntk_lambda", 0, float(result.value))]
+
+
+@register_diagnostic("ntk_motion")
+class NTKMotion:
+    """How the *shape* of the probe NTK moves: ``ntk_shape_change = |K_hat_t - K_hat_0|_F`` and
+    ``ntk_shape_step = |K_hat_t - K_hat_s|_F`` (``s`` the previous diagnostic step), ``K_hat = K/|K|_F``."""
+
+    def __init__(self, ctx: TrainContext):
+        self.probe = ctx.x[: ctx.config.probe_size]
+        self.initial = self._shape(ctx.model)
+        self.previous = self.initial
+
+    def _shape(self, model):
+        from nup.ntk import empirical_ntk
+
+        kernel = empirical_ntk(model, self.probe).double()
+        norm = torch.linalg.matrix_norm(kernel)
+        return kernel / norm if norm > 0 else torch.full_like(kernel, math.nan)
+
+    def __call__(self, step, ctx: TrainContext, preactivations):
+        shape = self._shape(ctx.model)
+        rows = [("ntk_shape_change", 0, float(torch.linalg.matrix_norm(shape - self.initial))),
+                ("ntk_shape_step", 0, float(torch.linalg.matrix_norm(shape - self.previous)))]
+        self.previous = shape
+        return rows
+
+
