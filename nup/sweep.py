@@ -97,7 +97,7 @@ class _Outcome:
 
 def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool = True, cache: bool = True,
           cache_dir: str | os.PathLike | None = None, retries: int = 1, scheduler=None,
-          threads: int | None = None) -> pd.DataFrame:
+          threads: int | None = None, columns=()) -> pd.DataFrame:
     """Run ``configs`` (``RunConfig`` objects or dicts of their fields) and return one DataFrame.
 
     Columns: ``run`` (the index into ``configs``), every config field whose value differs
@@ -114,6 +114,7 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     threads per run (default: 1 in parallel workers, unchanged in serial).
     """
     configs = _validate_configs(configs)
+    columns = tuple(check_choice("columns", name, CONFIG_FIELDS) for name in columns)
     n_jobs = _validate_n_jobs(n_jobs)
     for name, value in (("progress", progress), ("cache", cache)):
         if not isinstance(value, bool):
@@ -155,7 +156,7 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
         runs = f"{failed[:10]}{'...' if len(failed) > 10 else ''}"
         warnings.warn(f"{len(failed)} of {len(configs)} runs failed (runs {runs}); "
                       "their reasons are in the 'error' column", RuntimeWarning, stacklevel=2)
-    return _frame(configs, outcomes)
+    return _frame(configs, outcomes, columns)
 
 
 def _validate_configs(configs) -> list[RunConfig]:
@@ -359,9 +360,10 @@ def _dask_client(scheduler):
 
 # -------------------------------------------------------------------------------- results
 
-def _frame(configs: list[RunConfig], outcomes: list[_Outcome]) -> pd.DataFrame:
+def _frame(configs: list[RunConfig], outcomes: list[_Outcome], columns=()) -> pd.DataFrame:
     first = configs[0]
-    varying = [name for name in CONFIG_FIELDS if any(getattr(c, name) != getattr(first, name) for c in configs)]
+    varying = [name for name in CONFIG_FIELDS
+               if name in columns or any(getattr(c, name) != getattr(first, name) for c in configs)]
     parts = []
     for outcome in outcomes:
         if outcome.result is not None:

@@ -198,3 +198,12 @@ def test_dask_local_cluster_equals_the_serial_run(serial_frame, tmp_path, monkey
             df = sweep(tiny_configs(), scheduler=client, cache_dir=tmp_path, progress=False)
             assert client.status == "running"
         assert_frame_equal(df, serial_frame)
+
+
+def test_columns_keeps_fields_that_do_not_vary(tmp_path):
+    configs = [RunConfig(dataset="teacher", n_train=8, depth=2, width=4, steps=1, lr=lr) for lr in (0.1, 0.2)]
+    frame = sweep(configs, cache_dir=tmp_path, progress=False, columns=["seed", "depth"])
+    assert {"lr", "seed", "depth"} <= set(frame.columns)
+    assert set(frame.seed) == {0}
+    with pytest.raises(ValueError, match="columns='nope'"):
+        sweep(configs, cache_dir=tmp_path, columns=["nope"])
