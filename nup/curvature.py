@@ -136,11 +136,11 @@ class _Basis:
         drops by more than ``1/sqrt 2``, the DGKS test); returns ``(w, coefficients)``."""
         rows = self.rows
         norm_before = torch.linalg.vector_norm(w)
-        h = rows @ w
-        w = w - rows.T @ h
+        h = torch.mv(rows, w)
+        w = torch.addmv(w, rows.T, h, alpha=-1)
         if torch.linalg.vector_norm(w) < 0.7071 * norm_before:
-            h2 = rows @ w
-            w = w - rows.T @ h2
+            h2 = torch.mv(rows, w)
+            w = torch.addmv(w, rows.T, h2, alpha=-1)
             h = h + h2
         return w, h
 
@@ -183,14 +183,14 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], dim: int, k: int = 1
         j = basis.size - 1  # index of the newest basis vector, the one multiplied now
         w = matvec(basis.rows[j]).reshape(-1).to(dtype)
         n_products += 1
-        if not torch.isfinite(w).all():  # a diverged model: report NaN, never a half-finished estimate
-            theta = None
-            break
         w, h = basis.orthogonalize(w)
         h = h.double().cpu().numpy()
+        beta = float(torch.linalg.vector_norm(w))
+        if not (math.isfinite(beta) and np.all(np.isfinite(h))):  # NaN/inf in A v reach these; a diverged model
+            theta = None  # report NaN, never a half-finished estimate
+            break
         t[: j + 1, j] = h
         t[j, : j + 1] = h
-        beta = float(torch.linalg.vector_norm(w))
         p = j + 1
         theta, s = np.linalg.eigh(t[:p, :p])
         theta, s = theta[::-1], s[:, ::-1]  # descending

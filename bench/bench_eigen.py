@@ -1,0 +1,336 @@
+"""Benchmark: top Hessian eigenvalue (sharpness) and top NTK eigenvalue, nup against peer packages.
+
+    python bench/bench_eigen.py [--quick]      (``make bench`` runs the full size)
+
+One process, one model, one data set (default: a width-512, depth-8, constant-width NTK-
+parameterized ReLU MLP on 2048 Fashion-MNIST samples, MSE, float32; ``--quick``: width 256 on 512
+samples, about 16x cheaper).  Printed, each with its ratio to nup:
+
+1. Sharpness at initialization.  Reference: nup Lanczos with ``tol=1e-7``.  For each method the
+   wall time (operator set-up included) and the Hessian-vector products (HVPs) it needs to land
+   within a relative error of 1e-3 of the reference.  Methods stop by their own rule, so each is
+   run at tolerances 1e-3, 1e-4, ... and the first run within 1e-3 counts:
+   nup (``nup.curvature.sharpness``), PyHessian (power iteration, ``hessian(...).eigenvalues``),
+   hessian-eigenthings power iteration (tolerance sweep) and hessian-eigenthings Lanczos (a fixed
+   number of steps and no stopping rule, so the smallest step count that is within 1e-3 counts:
+   an oracle choice in its favour).  The chosen setting of every method is then timed again,
+   round-robin, and the best of ``--repeats`` (default 3) counts, since other load on a shared
+   machine only ever adds time; the process CPU time is printed beside the wall time.
+2. Top NTK eigenvalue: nup (matrix-free Lanczos, and the dense per-layer NTK + ``eigh``) against an
+   explicit Jacobian (``torch.func.vmap(jacrev)``, then ``J J^T/n`` and ``eigh``) on the largest
+   subset whose Jacobian fits in about 2 GB, and nup alone on the full set.
+3. Sharpness tracking over a short GD run, warm-started from the previous eigenvector: HVPs per
+   estimate, checked every few steps against a cold ``tol=1e-6`` estimate.
+
+Peer packages are optional (``pip install -e '.[bench]'``): a missing one is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import nup  # noqa: E402
+from nup.curvature import sharpness  # noqa: E402
+from nup.ntk import empirical_ntk, ntk_top_eigenvalue  # noqa: E402
+from nup.train import mse_loss  # noqa: E402
+
+TARGET = 1e-3  # relative error that counts as "reached"
+TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+
+
+CPU_SECONDS: list[float] = []  # process CPU time of the latest timed() call (a second view under a busy machine)
+
+
+def timed(fn):
+    """``(fn(), wall seconds)``; the process CPU seconds go to ``CPU_SECONDS[-1]``."""
+    gc.collect()
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    CPU_SECONDS.append(time.process_time() - cpu)
+    return out, time.perf_counter() - start
+
+
+@dataclass
+class Run:
+    label: str
+    value: float
+    hvps: int
+    again: Callable[[], tuple[float, int]]  # repeats exactly this computation
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def time_once(self) -> None:
+        _, seconds = timed(self.again)
+        self.seconds.append(seconds)
+        self.cpu.append(CPU_SECONDS[-1])
+
+
+def sweep(settings, make, reference) -> list[Run]:
+    """Run ``make(setting)()`` for each setting in turn (timed) until one is within ``TARGET``."""
+    runs = []
+    for label, setting in settings:
+        fn = make(setting)
+        (value, hvps), seconds = timed(fn)
+        run = Run(label, float(value), int(hvps), fn, [seconds], [CPU_SECONDS[-1]])
+        runs.append(run)
+        if abs(run.value - reference) <= TARGET * abs(reference):
+            break
+    return runs
+
+
+def clear_grads(model):
+    for p in model.parameters():
+        p.grad = None  # PyHessian leaves a create_graph gradient (and its graph) in .grad
+
+
+# ---------------------------------------------------------------------------- methods
+# Each returns the settings to try and make(setting) -> a callable returning (value, HVPs used).
+
+def method_nup(model, x, y):
+    def make(tol):
+        def fn():
+            res = sharpness(model, mse_loss, x, y, tol=tol, max_iter=500)
+            return res.value, res.n_products
+        return fn
+    return [(f"tol={t:g}", t) for t in TOLS], make
+
+
+def method_pyhessian(model, x, y):
+    # The module, not the class ``pyhessian.hessian`` that the package's __init__ re-exports under that name.
+    ph = importlib.import_module("pyhessian.hessian")
+    original = ph.hessian_vector_product
+
+    def make(tol):
+        def fn():
+            counter = [0]
+
+            def counting(*args, **kwargs):
+                counter[0] += 1
+                return original(*args, **kwargs)
+            ph.hessian_vector_product = counting
+            torch.manual_seed(0)  # PyHessian draws its start vector from the global generator
+            try:
+                h = ph.hessian(model, mse_loss, data=(x, y), cuda=False)
+                value = h.eigenvalues(maxIter=1000, tol=tol, top_n=1)[0][0]
+            finally:
+                ph.hessian_vector_product = original
+                clear_grads(model)
+                model.train()
+            return value, counter[0]
+        return fn
+    return [(f"tol={t:g}", t) for t in TOLS], make
+
+
+def _eigenthings_operator(model, x, y):
+    import hessian_eigenthings as he
+    op = he.HessianOperator(model, [(x, y)], he.supervised_loss(mse_loss), full_dataset=True)
+    counter = [0]
+    matvec = op.matvec
+
+    def counting(v):
+        counter[0] += 1
+        return matvec(v)
+    op.matvec = counting
+    return he, op, counter
+
+
+def method_eigenthings_power(model, x, y):
+    he, op, counter = _eigenthings_operator(model, x, y)
+
+    def make(tol):
+        def fn():
+            counter[0] = 0
+            value = he.power_iteration_one(op, max_iter=1000, tol=tol, seed=0)[0]
+            return value, counter[0]
+        return fn
+    return [(f"tol={t:g}", t) for t in TOLS], make
+
+
+def method_eigenthings_lanczos(model, x, y):
+    he, op, counter = _eigenthings_operator(model, x, y)
+
+    def make(steps):
+        def fn():
+            counter[0] = 0
+            value = float(he.lanczos(op, k=1, max_iter=steps, which="LA", seed=0).eigenvalues[0])
+            return value, counter[0]
+        return fn
+    return [(f"steps={m}", m) for m in (4, 6, 8, 10, 12, 16, 20, 25, 30, 40, 50, 60, 80)], make
+
+
+METHODS = {"nup": method_nup, "PyHessian": method_pyhessian, "eigenthings-power": method_eigenthings_power,
+           "eigenthings-lanczos": method_eigenthings_lanczos}
+
+
+# ---------------------------------------------------------------------------- sections
+
+def bench_sharpness(model, x, y, repeats: int):
+    print("\n== 1. Sharpness (top Hessian eigenvalue) at initialization ==")
+    ref, seconds = timed(lambda: sharpness(model, mse_loss, x, y, tol=1e-7, max_iter=500))
+    reference = ref.value
+    print(f"reference (nup, tol=1e-7): {reference:.6f}  ({ref.n_products} HVPs, {seconds:.1f} s, "
+          f"converged={ref.converged})")
+    chosen: dict[str, Run | None] = {}
+    for name, method in METHODS.items():
+        try:
+            settings, make = method(model, x, y)
+        except ImportError as err:
+            print(f"  {name} skipped: {err}")
+            continue
+        runs = sweep(settings, make, reference)
+        for run in runs:
+            print(f"  {name:20s} {run.label:11s} value={run.value:.6f} "
+                  f"rel.err={abs(run.value - reference) / abs(reference):.1e} HVPs={run.hvps:4d} "
+                  f"time={run.seconds[0]:7.2f} s (cpu {run.cpu[0]:7.2f} s)")
+        last = runs[-1]
+        chosen[name] = last if abs(last.value - reference) <= TARGET * abs(reference) else None
+    # Re-time each chosen setting, round-robin, and keep the fastest: the least disturbed by other load.
+    for _ in range(repeats - 1):
+        for run in chosen.values():
+            if run is not None:
+                run.time_once()
+    base = chosen.get("nup")
+    print(f"\nwithin rel. error {TARGET:g} of the reference (time: best of {repeats}, round-robin):")
+    print(f"  {'method':20s} {'setting':11s} {'HVPs':>5s} {'time/s':>8s} {'cpu/s':>8s} {'s/HVP':>6s} "
+          f"{'HVPs/nup':>9s} {'time/nup':>9s} {'cpu/nup':>8s}")
+    for name, run in chosen.items():
+        if run is None:
+            print(f"  {name:20s} did not reach the target")
+            continue
+        secs, cpu = min(run.seconds), min(run.cpu)
+        ratio = (f"{run.hvps / base.hvps:9.2f} {secs / min(base.seconds):9.2f} {cpu / min(base.cpu):8.2f}"
+                 if base else "")
+        print(f"  {name:20s} {run.label:11s} {run.hvps:5d} {secs:8.2f} {cpu:8.2f} {secs / run.hvps:6.3f} {ratio}")
+    peers = [r for n, r in chosen.items() if n != "nup" and r is not None]
+    if base and peers:
+        print(f"  nup / fastest peer: wall time {min(base.seconds) / min(min(r.seconds) for r in peers):.2f}, "
+              f"cpu time {min(base.cpu) / min(min(r.cpu) for r in peers):.2f} (goal: <= 0.5)")
+    return reference
+
+
+def jacobian_fits(n_params: int, d_out: int, budget_bytes: float = 2e9) -> int:
+    n = int(budget_bytes // (4 * n_params * d_out))
+    return 2 ** int(np.floor(np.log2(max(n, 1))))
+
+
+def bench_ntk(model, x):
+    print("\n== 2. Top eigenvalue of the empirical NTK ==")
+    n_params = sum(p.numel() for p in model.parameters())
+    d_out = model.widths[-1]
+    n_sub = min(x.shape[0], jacobian_fits(n_params, d_out))
+    xs = x[:n_sub]
+    limit = "" if n_sub == x.shape[0] else f"; the {x.shape[0]} samples' one would need " \
+        f"{x.shape[0] * d_out * n_params * 4 / 1e9:.0f} GB, so the baseline runs on a subset"
+    print(f"explicit-Jacobian baseline on the first {n_sub} samples (Jacobian {n_sub}x{d_out}x{n_params} "
+          f"float32 = {n_sub * d_out * n_params * 4 / 1e9:.1f} GB{limit})")
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def explicit():
+        def f_single(p, xi):
+            return torch.func.functional_call(model, p, (xi[None],))[0]
+        jac = torch.func.vmap(torch.func.jacrev(f_single), in_dims=(None, 0))(params, xs)
+        j = torch.cat([jac[k].reshape(n_sub * d_out, -1) for k in params], dim=1)
+        return float(torch.linalg.eigvalsh((j @ j.T / n_sub).double())[-1])
+    value_j, t_j = timed(explicit)
+    c_j = CPU_SECONDS[-1]
+    value_d, t_d = timed(lambda: float(torch.linalg.eigvalsh(empirical_ntk(model, xs).double())[-1]))
+    c_d = CPU_SECONDS[-1]
+    res, t_n = timed(lambda: ntk_top_eigenvalue(model, xs))
+    c_n = CPU_SECONDS[-1]
+    print(f"  explicit Jacobian + eigh   {value_j:.6f}  {t_j:8.2f} s (cpu {c_j:7.2f} s)")
+    print(f"  nup dense NTK + eigh       {value_d:.6f}  {t_d:8.2f} s (cpu {c_d:7.2f} s)   explicit/nup: "
+          f"wall {t_j / t_d:6.1f}, cpu {c_j / c_d:6.1f}")
+    print(f"  nup matrix-free Lanczos    {res.value:.6f}  {t_n:8.2f} s (cpu {c_n:7.2f} s)   explicit/nup: "
+          f"wall {t_j / t_n:6.1f}, cpu {c_j / c_n:6.1f}  ({res.n_products} products, rel. diff "
+          f"{abs(res.value - value_j) / value_j:.1e})")
+    full, t_full = timed(lambda: ntk_top_eigenvalue(model, x))
+    print(f"  nup matrix-free, all {x.shape[0]} samples: {full.value:.6f}  {t_full:.2f} s (cpu {CPU_SECONDS[-1]:.2f} s, "
+          f"{full.n_products} products)")
+
+
+def bench_tracking(model, x, y, steps: int, lr_factors, check_every: int):
+    print(f"\n== 3. Tracking the sharpness over {steps} GD steps, warm-started ==")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    lam0 = sharpness(model, mse_loss, x, y, tol=1e-6, max_iter=500).value
+    for factor in lr_factors:
+        model.load_state_dict(state)
+        lr = factor / lam0
+        vector, hvps, worst, seconds = None, [], 0.0, 0.0
+        first = None
+        for step in range(steps + 1):
+            res, secs = timed(lambda: sharpness(model, mse_loss, x, y, v0=vector))
+            seconds += secs
+            if vector is None:
+                first = res.n_products
+            else:
+                hvps.append(res.n_products)
+            vector = res.vector
+            if step % check_every == 0 or step == steps:
+                cold = sharpness(model, mse_loss, x, y, tol=1e-6, max_iter=500).value
+                worst = max(worst, abs(res.value - cold) / abs(cold))
+            if step == steps:
+                break
+            loss = mse_loss(model(x), y)
+            grads = torch.autograd.grad(loss, list(model.parameters()))
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads):
+                    p.sub_(lr * g)
+        with torch.no_grad():
+            loss = mse_loss(model(x), y)
+        print(f"  lr = {factor:g}/lambda_0 = {lr:.4g}: first (cold) estimate {first} HVPs, then "
+              f"{np.mean(hvps):.2f} HVPs per warm estimate (min {min(hvps)}, max {max(hvps)}); "
+              f"{seconds / (steps + 1):.2f} s per estimate; final sharpness {res.value:.4f}, final loss {loss.item():.4f}; "
+              f"worst rel. error vs cold tol=1e-6 at checked steps {worst:.1e}")
+    model.load_state_dict(state)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a ~16x cheaper problem (width 256, 512 samples)")
+    parser.add_argument("--n", type=int, default=None, help="samples (default 2048, quick 512)")
+    parser.add_argument("--width", type=int, default=None, help="hidden width (default 512, quick 256)")
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--steps", type=int, default=20, help="GD steps of the tracking run")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: sharpness,ntk,tracking")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timings of each method's chosen setting (best counts; guards against a busy machine)")
+    args = parser.parse_args(argv)
+    n = args.n or (512 if args.quick else 2048)
+    width = args.width or (256 if args.quick else 512)
+    skip = set(filter(None, args.skip.split(",")))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    x, y = nup.data.load_fashion_mnist(n, seed=0, target="onehot", dtype=torch.float32, device="cpu")
+    model = nup.NTK().build(x.shape[1], y.shape[1], args.depth, width, args.activation, seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {model.widths}, {args.activation}, NTK parameterization at the EOC, {n_params:,} parameters; "
+          f"{n} Fashion-MNIST samples, MSE, float32, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    grad_time = min(timed(lambda: torch.autograd.grad(mse_loss(model(x), y), list(model.parameters())))[1]
+                    for _ in range(3))
+    print(f"one gradient evaluation: {grad_time:.3f} s")
+    if "sharpness" not in skip:
+        bench_sharpness(model, x, y, args.repeats)
+    if "ntk" not in skip:
+        bench_ntk(model, x)
+    if "tracking" not in skip:
+        bench_tracking(model, x, y, args.steps, lr_factors=(1.0, 2.5), check_every=5)
+
+
+if __name__ == "__main__":
+    main()
