@@ -109,7 +109,8 @@ def coord_check(parameterizations, depths: Sequence[int], widths: Sequence[int],
                     try:
                         configs.append(RunConfig(**fields))
                     except (TypeError, ValueError) as exc:
-                        raise ValueError(f"parameterizations[{label!r}] at depth={depth}, width={width}: {exc}") from None
+                        where = f"parameterizations[{label!r}] at depth={depth}, width={width}"
+                        raise ValueError(f"{where}: {exc}") from None
                     keys.append((label, spec["parameterization"], depth, width, seed))
     df = sweep(configs, n_jobs=n_jobs, progress=progress, cache=cache)
     df = df[df.metric.isin(["preact_change", "preact_norm2"])]

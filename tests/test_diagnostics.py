@@ -166,5 +166,5 @@ def test_preactivation_change_against_a_direct_forward_pass():
         for k in range(1, config.depth + 1):
             expected = np.linalg.norm(ht[k - 1] - h0[k - 1]) / np.linalg.norm(h0[k - 1])
             assert recorded(df, "preact_change", k)[t] == pytest.approx(expected, rel=1e-9)
-            assert recorded(df, "preact_norm2", k)[t] == pytest.approx((ht[k - 1] ** 2).sum(1).mean() / ht[k - 1].shape[1],
-                                                                       rel=1e-9)
+            norm2 = (ht[k - 1] ** 2).sum(1).mean() / ht[k - 1].shape[1]
+            assert recorded(df, "preact_norm2", k)[t] == pytest.approx(norm2, rel=1e-9)
