@@ -39,7 +39,7 @@ import torch
 
 from nup.device import resolve_device, resolve_dtype
 from nup.train import RunConfig, TrainContext, load_data, register_diagnostic
-from nup.validation import check_positive
+from nup.validation import check_int, check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",
            "classify_phase", "PHASES", "window_edge", "constant_loss", "NTKLambda", "NTKMotion"]
@@ -59,17 +59,20 @@ def _model_and_data(config: RunConfig):
     return model, x, y
 
 
-def initial_ntk_eigenvalue(config: RunConfig, tol: float = 1e-6, max_iter: int = 500) -> float:
+def initial_ntk_eigenvalue(config: RunConfig, tol: float = 1e-6, max_iter: int = 500, digits: int = 5) -> float:
     """``lambda_max(K_0)``, ``K_0 = J J^T/n`` over the full training set, of the model ``train(config)``
     starts from (the NTK without per-layer learning-rate factors, i.e. the one that governs plain GD
-    with one learning rate)."""
+    with one learning rate), to ``digits`` significant digits."""
     if not isinstance(config, RunConfig):
         raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
     from nup.ntk import ntk_top_eigenvalue
 
+    digits = check_int("digits", digits, minimum=1, maximum=17)
     model, x, _ = _model_and_data(config)
     result = ntk_top_eigenvalue(model, x, tol=tol, max_iter=max_iter)
-    return float(result.value)
+    # Rounded to `digits` significant digits: learning rates set from lambda_0 then do not change (nor miss the
+    # run cache) when the eigen-solver's last digits do.
+    return float(f"{float(result.value):.{digits}g}")
 
 
 def config_for_ratio(config: RunConfig, ratio: float, lambda0: float | None = None) -> RunConfig:

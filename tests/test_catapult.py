@@ -35,13 +35,15 @@ def dense_lambda0(config: RunConfig) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_initial_ntk_eigenvalue_matches_the_dense_kernel_of_the_trained_model(seed):
     config = tiny(seed=seed)
-    assert initial_ntk_eigenvalue(config) == pytest.approx(dense_lambda0(config), rel=1e-6)
+    assert initial_ntk_eigenvalue(config) == pytest.approx(dense_lambda0(config), rel=1e-4)
+    assert initial_ntk_eigenvalue(config, digits=12) == pytest.approx(dense_lambda0(config), rel=1e-6)
+    assert initial_ntk_eigenvalue(config) == float(f"{initial_ntk_eigenvalue(config):.5g}")
 
 
 def test_config_for_ratio_sets_eta_times_lambda0():
     config = tiny()
     lam = dense_lambda0(config)
-    assert config_for_ratio(config, 3.0).lr * lam == pytest.approx(3.0, rel=1e-6)
+    assert config_for_ratio(config, 3.0).lr * lam == pytest.approx(3.0, rel=1e-4)
     assert config_for_ratio(config, 2.0, lambda0=4.0).lr == 0.5
     with pytest.raises(ValueError, match="ratio"):
         config_for_ratio(config, 0.0)
