@@ -19,6 +19,7 @@ from nup.cache import is_cached, run
 from nup.plotting import savefig
 from nup.sweep import grid, sweep
 from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
+from nup import catapult  # noqa: F401  (registers the "ntk_lambda" and "ntk_motion" diagnostics)
 
 __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
