@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import nup  # noqa: E402
 from nup.curvature import sharpness  # noqa: E402
 from nup.ntk import empirical_ntk, ntk_top_eigenvalue  # noqa: E402
-from nup.train import mse_loss  # noqa: E402
+from nup.training import mse_loss  # noqa: E402
 
 TARGET = 1e-3  # relative error that counts as "reached"
 TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)

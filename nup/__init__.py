@@ -12,12 +12,12 @@ from nup.mlp import MLP, WIDTH_PROFILES, hidden_widths
 from nup.optim import NORMALIZE_MODES, NormalizedSGD
 from nup.param import MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, get_parameterization
 from nup.device import resolve_device, resolve_dtype
-from nup.train import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult, mse_loss, train
+from nup.training import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult, mse_loss, train
 from nup import diagnostics  # noqa: F401  (registers the "updates" and "preactivations" diagnostics)
 from nup import kernels, ntk, curvature  # noqa: F401
 from nup.cache import is_cached, run
 from nup.plotting import savefig
-from nup.sweep import grid, sweep
+from nup import sweep  # noqa: F401  (the module: nup.sweep.grid, nup.sweep.sweep)
 from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
 from nup import catapult  # noqa: F401  (registers the "ntk_lambda" and "ntk_motion" diagnostics)
 
@@ -25,5 +25,5 @@ __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
     "hidden_widths", "NormalizedSGD", "NORMALIZE_MODES", "Parameterization", "SP", "NTK", "MuP", "NuP",
     "PARAMETERIZATIONS", "get_parameterization", "resolve_device", "resolve_dtype", "RunConfig", "RunResult",
-    "train", "run", "is_cached", "grid", "sweep", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "savefig",
+    "train", "run", "is_cached", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "savefig",
 ]

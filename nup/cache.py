@@ -15,7 +15,7 @@ from pathlib import Path
 from joblib import Memory
 
 from nup.device import resolve_device
-from nup.train import RunConfig, RunResult, train
+from nup.training import RunConfig, RunResult, train
 
 __all__ = ["run", "is_cached", "results_dir"]
 

@@ -9,7 +9,7 @@ training converges (*catapult*, Lewkowycz et al. 2020; the window ends at ``eta 
 the two-layer linear model, about 12 reported for ReLU networks); far above, training *diverges*.
 
 * ``initial_ntk_eigenvalue(config)``: ``lambda_max(K_0)`` on the run's full training set, for the
-  very model ``nup.train`` builds from ``config`` (same data, same seed).
+  very model ``nup.training.train`` builds from ``config`` (same data, same seed).
 * ``config_for_ratio(config, ratio)``: the config with ``lr = ratio / lambda_0``.
 * ``spike_steps(loss, rise)`` / ``count_spikes``: where the loss jumps by a factor ``1 + rise`` above
   its running minimum (one count per excursion, however long).
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from nup.device import resolve_device, resolve_dtype
-from nup.train import RunConfig, TrainContext, load_data, register_diagnostic
+from nup.training import RunConfig, TrainContext, load_data, register_diagnostic
 from nup.validation import check_int, check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nup.train import RunConfig
+from nup.training import RunConfig
 from nup.validation import check_choice, check_int, check_nonempty_list
 
 __all__ = ["coord_check", "plot_coord_check", "layer_role", "COORD_METRICS", "LAYER_ROLES"]

@@ -12,7 +12,7 @@
     ``torch.func``.
   - ``"autograd"`` (any model, the default there): double backward through a gradient graph built once.
   - ``"func"``: ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse), rebuilt per product.
-    Write MSE as a plain sum (``nup.train.mse_loss``): ``F.mse_loss`` fails under ``jvp(grad)``
+    Write MSE as a plain sum (``nup.training.mse_loss``): ``F.mse_loss`` fails under ``jvp(grad)``
     in torch 2.13.
 
 * ``lanczos(matvec, dim, ...)``: the top-``k`` (largest algebraic) eigenpairs of a symmetric
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from nup.mlp import MLP
-from nup.train import TrainContext, register_diagnostic
+from nup.training import TrainContext, register_diagnostic
 from nup.validation import check_choice, check_int
 
 __all__ = ["EigenResult", "TopKResult", "lanczos", "HessianOperator", "hvp", "sharpness",

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from nup.train import TrainContext, register_diagnostic
+from nup.training import TrainContext, register_diagnostic
 
 __all__ = ["UpdateTracker", "PreactivationChange", "cosine"]
 

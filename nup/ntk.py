@@ -27,7 +27,7 @@ from torch import nn
 from nup.curvature import EigenResult, TopKResult, _check_data, check_eigen_args, lanczos
 from nup.kernels import condition_number
 from nup.mlp import MLP
-from nup.train import TrainContext, register_diagnostic
+from nup.training import TrainContext, register_diagnostic
 from nup.validation import check_choice
 
 __all__ = ["empirical_ntk", "NTKOperator", "ntk_matvec", "ntk_top_eigenvalue", "ntk_top_eigenvalues", "ntk_trace",

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from nup.train import TrainContext, register_schedule
+from nup.training import TrainContext, register_schedule
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
 
 __all__ = ["GeometricLR", "CURVATURES", "PER_LAYER_SCALES", "WarmupCosine", "warmup_cosine"]

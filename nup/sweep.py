@@ -51,7 +51,7 @@ import torch
 
 from nup import cache as nup_cache
 from nup.device import resolve_device
-from nup.train import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult
+from nup.training import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult
 from nup.validation import check_choice, check_int
 
 __all__ = ["grid", "sweep", "BACKENDS", "CONFIG_FIELDS"]

@@ -13,7 +13,7 @@ from nup import catapult
 from nup.catapult import (classify_phase, config_for_ratio, constant_loss, count_spikes, initial_ntk_eigenvalue,
                           largest_rise, spike_steps, window_edge)
 from nup.ntk import empirical_ntk
-from nup.train import RunConfig, load_data, train
+from nup.training import RunConfig, load_data, train
 
 TINY = dict(parameterization="ntk", dataset="teacher", n_train=24, depth=3, width=16, dtype="float64",
             device="cpu", steps=30, diagnostic_every=5)
@@ -148,7 +148,7 @@ def test_ntk_lambda_diagnostic_starts_at_lambda0_and_ntk_motion_at_zero():
 
 
 def test_diagnostics_are_registered():
-    from nup.train import DIAGNOSTICS
+    from nup.training import DIAGNOSTICS
 
     assert DIAGNOSTICS["ntk_lambda"] is catapult.NTKLambda
     assert DIAGNOSTICS["ntk_motion"] is catapult.NTKMotion

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import nup  # noqa: E402
 from nup.coord_check import COORD_METRICS, LAYER_ROLES, coord_check, layer_role, plot_coord_check  # noqa: E402
-from nup.train import load_data  # noqa: E402
+from nup.training import load_data  # noqa: E402
 
 TINY = dict(dataset="teacher", n_train=16, probe_size=16, dtype="float64")
 

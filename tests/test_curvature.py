@@ -11,7 +11,7 @@ import nup
 from nup import curvature
 from nup.curvature import EigenResult, lanczos
 from nup.ntk import empirical_ntk
-from nup.train import cross_entropy_loss, mse_loss
+from nup.training import cross_entropy_loss, mse_loss
 
 F64 = torch.float64
 

@@ -19,9 +19,9 @@ import torch
 
 import nup
 from nup import RunConfig, train
-from nup.train import LOSS_FUNCTIONS, load_data
+from nup.training import LOSS_FUNCTIONS, load_data
 
-nup_train = importlib.import_module("nup.train")  # the module (``nup.train`` the attribute is the function)
+nup_train = importlib.import_module("nup.training")
 
 TINY = dict(dataset="teacher", n_train=12, depth=3, width=3, steps=12, dtype="float64", activation="relu")
 CASES = {

@@ -31,7 +31,7 @@ import nup.sweep
 from nup import RunConfig, train
 from nup.cache import is_cached, run
 from nup.sweep import sweep
-from nup.train import SCHEDULES
+from nup.training import SCHEDULES
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]

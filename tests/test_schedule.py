@@ -14,7 +14,7 @@ from nup import schedule
 from nup.optim import NormalizedSGD
 from nup.param import MuP, NTK
 from nup.schedule import GeometricLR, WarmupCosine, warmup_cosine
-from nup.train import SCHEDULES, RunConfig, mse_loss, train
+from nup.training import SCHEDULES, RunConfig, mse_loss, train
 
 DT = torch.float64
 
