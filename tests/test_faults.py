@@ -30,23 +30,12 @@ import nup.cache
 import nup.sweep
 from nup import RunConfig, train
 from nup.cache import is_cached, run
+from helpers import count_trains
 from nup.sweep import sweep
 from nup.training import SCHEDULES
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def count_trains(monkeypatch) -> list:
-    """Patch the training function the run cache calls; the list grows by one per computed run."""
-    calls = []
-
-    def counting_train(config):
-        calls.append(config)
-        return train(config)
-
-    monkeypatch.setattr(nup.cache, "train", counting_train)
-    return calls
 
 
 def result_files(cache_dir: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from pandas.testing import assert_frame_equal
 
 import nup.cache
 from nup import RunConfig, train
+from helpers import count_trains
 from nup.sweep import grid, sweep
 
 NO_DASK = "dask.distributed is not installed (pip install 'nup[dask]')"
@@ -31,18 +32,6 @@ def tiny_configs():
 @pytest.fixture(scope="module")
 def serial_frame():
     return sweep(tiny_configs(), backend="serial", cache=False, progress=False)
-
-
-def count_trains(monkeypatch) -> list:
-    """Patch the training function the run cache calls; the list grows by one per computed run."""
-    calls = []
-
-    def counting_train(config):
-        calls.append(config)
-        return train(config)
-
-    monkeypatch.setattr(nup.cache, "train", counting_train)
-    return calls
 
 
 # ------------------------------------------------------------------------------------ grid
