@@ -138,10 +138,10 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
 
     client, own_client = _dask_client(scheduler) if backend == "dask" else (None, False)
 
-    from tqdm.auto import tqdm
+    from nup.progress import progress as progress_bar
 
     # Passing ``disable`` only when progress=False lets TQDM_DISABLE=1 switch the bar off.
-    bar = tqdm(total=len(configs), desc="runs", unit="run", **({} if progress else {"disable": True}))
+    bar = progress_bar(total=len(configs), desc="runs", unit="run", **({} if progress else {"disable": True}))
     try:
         if backend == "serial":
             outcomes = _run_serial(configs, cache, cache_dir, threads, bar)

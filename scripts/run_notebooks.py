@@ -27,9 +27,10 @@ PARAMS = ROOT / "params"
 
 
 def strip_metadata(path: Path) -> None:
-    """Drop papermill's run metadata (timings, paths) from a notebook in place."""
+    """Drop papermill's run metadata (timings, paths) and saved widget state (progress bars) in place."""
     nb = nbformat.read(path, as_version=4)
     nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
