@@ -20,7 +20,10 @@ def progress_disabled() -> bool:
 
 
 def progress(iterable=None, **kwargs):
-    """``tqdm.auto.tqdm(iterable, **kwargs)``, switched off when ``$TQDM_DISABLE`` is set."""
-    if progress_disabled():
-        kwargs["disable"] = True
+    """``tqdm.auto.tqdm(iterable, **kwargs)``, switched off when ``$TQDM_DISABLE`` is set.
+
+    The environment is read at each call (tqdm reads it once, at import), so ``disable`` is
+    always passed explicitly; a caller's ``disable=True`` still wins.
+    """
+    kwargs["disable"] = kwargs.get("disable", False) or progress_disabled()
     return tqdm(iterable, **kwargs)
