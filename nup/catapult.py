@@ -37,8 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nup.device import resolve_device, resolve_dtype
-from nup.training import RunConfig, TrainContext, load_data, register_diagnostic
+from nup.training import RunConfig, TrainContext, build_model_and_data, register_diagnostic
 from nup.validation import check_int, check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",
@@ -50,12 +49,7 @@ PHASES = ("lazy", "catapult", "divergent")
 # ---------------------------------------------------------------------------- lambda_0 and learning rates
 
 def _model_and_data(config: RunConfig):
-    config.validate()
-    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
-    x, y, _ = load_data(config, device, dtype)
-    d_out = (len(config.classes) if config.classes else 10) if config.loss == "ce" else y.shape[1]
-    model = config.build_parameterization().build(x.shape[1], d_out, config.depth, config.width, config.activation,
-                                                  seed=config.seed, dtype=dtype, device=device)
+    model, x, y, _, _ = build_model_and_data(config)
     return model, x, y
 
 

@@ -27,7 +27,8 @@ from nup.param import PARAMETERIZATIONS, get_parameterization
 from nup.mlp import WIDTH_PROFILES
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["RunConfig", "RunResult", "train", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "TrainContext"]
+__all__ = ["RunConfig", "RunResult", "train", "build_model_and_data", "load_data", "mse_loss", "DIAGNOSTICS", "SCHEDULES",
+           "TrainContext"]
 
 LOSSES = ("mse", "ce")
 DATASETS = {"fashion_mnist": 60_000, "teacher": 1_000_000}
@@ -214,20 +215,22 @@ def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
     return x, y, test
 
 
-def _output_size(config: RunConfig, y: torch.Tensor) -> int:
-    if config.loss == "ce":
-        return len(config.classes) if config.classes else 10
-    return y.shape[1]
+def build_model_and_data(config: RunConfig):
+    """``(model, x, y, x_test, y_test)``: the initialized model and the data ``train(config)`` starts from."""
+    config.validate()
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    x, y, (x_test, y_test) = load_data(config, device, dtype)
+    d_out = (len(config.classes) if config.classes else 10) if config.loss == "ce" else y.shape[1]
+    model = config.build_parameterization().build(x.shape[1], d_out, config.depth, config.width, config.activation,
+                                                  seed=config.seed, dtype=dtype, device=device)
+    return model, x, y, x_test, y_test
 
 
 def train(config: RunConfig) -> RunResult:
     """Run one configuration; see the module docstring."""
-    config.validate()
-    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
     torch.manual_seed(config.seed)
-    x, y, (x_test, y_test) = load_data(config, device, dtype)
-    model = config.build_parameterization().build(x.shape[1], _output_size(config, y), config.depth, config.width,
-                                                  config.activation, seed=config.seed, dtype=dtype, device=device)
+    model, x, y, x_test, y_test = build_model_and_data(config)
+    device = x.device
     optimizer = model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
     ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS[config.loss], x_test, y_test)
     scheduler = SCHEDULES[config.schedule](ctx)
