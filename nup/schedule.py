@@ -15,7 +15,13 @@ So the rate is reset from the current geometry,
   ``K`` (``<= lambda_max``), so ``eta_t * q_t = c``; ``q_t`` is what ``last_eigenvalue`` records.
 
 ``c`` in (2, 4) keeps training inside the catapult window of the two-layer linear model.
-``eta_t`` is clipped to ``[min_lr, max_lr]``: ``lambda_t`` can collapse, so cap it.
+``eta_t`` is clipped to ``[min_lr, max_lr]``: ``lambda_t`` can collapse, so cap it.  The gradient
+variant needs a tight cap: ``q_t <= lambda_max`` means ``eta_t lambda_max >= c`` with no upper bound,
+so it reaches ``max_lr`` within a few steps (notebook 06: caps of 300-1000/``lambda_0`` killed a
+ReLU network, 100/``lambda_0`` did not).  Under νP the schedule turns the normalized step into
+GD's step at ``eta_t`` (see below); ``per_layer_scale="global"`` keeps the normalized direction.
+For μP's per-layer rates the kernel that governs GD is ``sum_k lr_mult_k K_k``
+(``nup.ntk.NTKOperator(layer_weights=model.lr_mults)``); the schedule uses the plain NTK.
 
 How ``eta_t`` reaches the optimizer (it composes with any ``torch.optim`` optimizer and with
 the per-layer groups of ``nup.param``):
