@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nup.validation import check_int
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "fashion-mnist"
 # Value at import time; the loaders call data_dir() so a later NUP_DATA_DIR change is honoured.
@@ -140,17 +142,12 @@ def _train_stats(directory: Path) -> tuple[np.ndarray, float]:
     return _STATS[key]
 
 
-def _check_int(name: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}={value!r} is invalid; {name} must be an integer >= {low}")
-
-
 def _check_float_dtype(dtype: torch.dtype) -> None:
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r} is invalid; use a floating torch dtype such as torch.float32")
 
 
-def _check_classes(classes: Iterable[int] | None) -> tuple[int, ...]:
+def check_classes(classes: Iterable[int] | None) -> tuple[int, ...]:
     if classes is None:
         return tuple(range(NUM_CLASSES))
     try:
@@ -193,9 +190,9 @@ def load_fashion_mnist(
         raise ValueError(f"split={split!r} is invalid; choose one of {tuple(SPLIT_FILES)}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is invalid; choose one of {TARGETS}")
-    chosen = _check_classes(classes)
-    _check_int("n", n)
-    _check_int("seed", seed, low=0)
+    chosen = check_classes(classes)
+    check_int("n", n, minimum=1)
+    check_int("seed", seed, minimum=0)
     _check_float_dtype(dtype)
     available = SPLIT_SIZES[split] // NUM_CLASSES * len(chosen)
     if n > available:
@@ -249,8 +246,8 @@ def teacher_task(
     Returns x: (n, d_in), y: (n, d_out).
     """
     for name, value in (("n", n), ("d_in", d_in), ("d_out", d_out), ("teacher_width", teacher_width)):
-        _check_int(name, value)
-    _check_int("seed", seed, low=0)
+        check_int(name, value, minimum=1)
+    check_int("seed", seed, minimum=0)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < float("inf"):
         raise ValueError(f"noise={noise!r} is invalid; noise must be a finite number >= 0")
     _check_float_dtype(dtype)

@@ -123,8 +123,7 @@ class RunConfig:
             check_choice("diagnostics", name, DIAGNOSTICS)
         check_choice("schedule", self.schedule, SCHEDULES)
         if self.classes is not None:
-            if not isinstance(self.classes, tuple) or len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) \
-                    or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in self.classes):
+            if not isinstance(self.classes, tuple) or len(nup_data.check_classes(self.classes)) < 2:
                 raise ValueError(f"classes={self.classes!r} is not allowed; give None (all 10 classes) or a list of at "
                                  "least 2 distinct class labels in 0..9")
             if self.dataset != "fashion_mnist":
