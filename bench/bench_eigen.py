@@ -10,7 +10,7 @@ samples, about 16x cheaper).  Printed, each with its ratio to nup:
    wall time (operator set-up included) and the Hessian-vector products (HVPs) it needs to land
    within a relative error of 1e-3 of the reference.  Methods stop by their own rule, so each is
    run at tolerances 1e-3, 1e-4, ... and the first run within 1e-3 counts:
-   nup (``nup.curvature.sharpness``), PyHessian (power iteration, ``hessian(...).eigenvalues``),
+   nup (``nup.linalg.hessian.sharpness``), PyHessian (power iteration, ``hessian(...).eigenvalues``),
    hessian-eigenthings power iteration (tolerance sweep) and hessian-eigenthings Lanczos (a fixed
    number of steps and no stopping rule, so the smallest step count that is within 1e-3 counts:
    an oracle choice in its favour).  The chosen setting of every method is then timed again,
@@ -43,9 +43,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import nup  # noqa: E402
-from nup.curvature import sharpness  # noqa: E402
-from nup.ntk import empirical_ntk, ntk_top_eigenvalue  # noqa: E402
-from nup.training import mse_loss  # noqa: E402
+from nup.linalg.hessian import sharpness  # noqa: E402
+from nup.linalg.tangent_kernel import empirical_ntk, ntk_top_eigenvalue  # noqa: E402
+from nup.training.config import mse_loss  # noqa: E402
 
 TARGET = 1e-3  # relative error that counts as "reached"
 TOLS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
@@ -328,7 +328,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    x, y = nup.data.load_fashion_mnist(n, seed=0, target="onehot", dtype=torch.float32, device="cpu")
+    x, y = nup.training.data.load_fashion_mnist(n, seed=0, target="onehot", dtype=torch.float32, device="cpu")
     model = nup.NTK().build(x.shape[1], y.shape[1], args.depth, width, args.activation, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {model.widths}, {args.activation}, NTK parameterization at the EOC, {n_params:,} parameters; "

@@ -2,28 +2,39 @@
 
 A runnable companion to D. Terjék, *MLPs at the EOC: Dynamics of Feature Learning*
 (arXiv 2502.13110, 2025).  See the README for which definitions the abstract states and
-which are this project's reading.
+which are this project's reading, and ``docs/definitions.md`` for the math.
+
+Layout (each folder may import the ones above it, never below):
+
+    nup/validation.py   argument checks shared by everything
+    nup/core/           activations, the MLP (forward and backward), parameterizations, optimizer, device
+    nup/theory/         infinite-width kernels and the exact EOC sampler
+    nup/linalg/         Lanczos, Hessian-vector products, empirical-NTK products (no training loop)
+    nup/diagnostics/    per-step diagnostics, one registry (DIAGNOSTICS)
+    nup/training/          config, loop, data, run cache, sweeps, schedules (SCHEDULES)
+    nup/analysis/       frames, fits, best learning rate, catapult phases, coordinate check
+    nup/experiments/    one module per notebook: parameter schema, run, claims
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from nup.activations import ACTIVATIONS, Activation, get_activation, leaky_relu
-from nup.mlp import MLP, WIDTH_PROFILES, hidden_widths
-from nup.optim import NORMALIZE_MODES, NormalizedSGD
-from nup.param import MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, get_parameterization
-from nup.device import resolve_device, resolve_dtype
-from nup.training import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult, mse_loss, train
-from nup import diagnostics  # noqa: F401  (registers the "updates" and "preactivations" diagnostics)
-from nup import kernels, ntk, curvature  # noqa: F401
-from nup.cache import is_cached, run
+from nup.core.activations import ACTIVATIONS, Activation, get_activation, leaky_relu
+from nup.core.mlp import MLP, WIDTH_PROFILES, hidden_widths
+from nup.core.optim import NORMALIZE_MODES, NormalizedSGD
+from nup.core.param import MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, get_parameterization
+from nup.core.device import resolve_device, resolve_dtype
+from nup.diagnostics import DIAGNOSTICS, register_diagnostic
+from nup.training.schedules import SCHEDULES, GeometricLR, register_schedule, warmup_cosine
+from nup.training.config import RunConfig, RunResult, mse_loss
+from nup.training.loop import train
+from nup.training.cache import is_cached, run
+from nup.training.sweep import grid, sweep
 from nup.plotting import savefig
-from nup import sweep  # noqa: F401  (the module: nup.sweep.grid, nup.sweep.sweep)
-from nup import schedule  # noqa: F401  (registers the "geometric" and "warmup_cosine" schedules)
-from nup import catapult  # noqa: F401  (registers the "ntk_lambda" and "ntk_motion" diagnostics)
 
 __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
     "hidden_widths", "NormalizedSGD", "NORMALIZE_MODES", "Parameterization", "SP", "NTK", "MuP", "NuP",
     "PARAMETERIZATIONS", "get_parameterization", "resolve_device", "resolve_dtype", "RunConfig", "RunResult",
-    "train", "run", "is_cached", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "savefig",
+    "train", "run", "is_cached", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "register_diagnostic",
+    "register_schedule", "GeometricLR", "warmup_cosine", "grid", "sweep", "savefig",
 ]

@@ -1,7 +1,7 @@
 """Helpers shared by the test modules (pytest puts this folder on sys.path)."""
 
-import nup.cache
-from nup.training import train
+import nup.training.cache
+from nup.training.loop import train
 
 
 def count_trains(monkeypatch) -> list:
@@ -12,5 +12,5 @@ def count_trains(monkeypatch) -> list:
         calls.append(config)
         return train(config)
 
-    monkeypatch.setattr(nup.cache, "train", counting_train)
+    monkeypatch.setattr(nup.training.cache, "train", counting_train)
     return calls

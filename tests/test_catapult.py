@@ -1,4 +1,4 @@
-"""Tests for nup.catapult: lambda_0 of a config, spike counting, phase classification, the window edge,
+"""Tests for nup.analysis.catapult: lambda_0 of a config, spike counting, phase classification, the window edge,
 and the "ntk_lambda" / "ntk_motion" diagnostics."""
 
 from __future__ import annotations
@@ -6,14 +6,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+import nup.diagnostics
 import pytest
 import torch
 
-from nup import catapult
-from nup.catapult import (classify_phase, config_for_ratio, constant_loss, count_spikes, initial_ntk_eigenvalue,
+from nup.analysis import catapult
+from nup.analysis.catapult import (classify_phase, config_for_ratio, constant_loss, count_spikes, initial_ntk_eigenvalue,
                           largest_rise, spike_steps, window_edge)
-from nup.ntk import empirical_ntk
-from nup.training import RunConfig, load_data, train
+from nup.linalg.tangent_kernel import empirical_ntk
+from nup.training.config import RunConfig
+from nup.training.loop import load_data, train
 
 TINY = dict(parameterization="ntk", dataset="teacher", n_train=24, depth=3, width=16, dtype="float64",
             device="cpu", steps=30, diagnostic_every=5)
@@ -148,7 +151,7 @@ def test_ntk_lambda_diagnostic_starts_at_lambda0_and_ntk_motion_at_zero():
 
 
 def test_diagnostics_are_registered():
-    from nup.training import DIAGNOSTICS
+    from nup.diagnostics import DIAGNOSTICS
 
-    assert DIAGNOSTICS["ntk_lambda"] is catapult.NTKLambda
-    assert DIAGNOSTICS["ntk_motion"] is catapult.NTKMotion
+    assert DIAGNOSTICS["ntk_lambda"] is nup.diagnostics.NTKLambda
+    assert DIAGNOSTICS["ntk_motion"] is nup.diagnostics.NTKMotion

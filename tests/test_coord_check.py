@@ -1,4 +1,4 @@
-"""nup.coord_check: the long DataFrame against direct forward passes, roles, validation and the plot."""
+"""nup.analysis.coord_check: the long DataFrame against direct forward passes, roles, validation and the plot."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import nup  # noqa: E402
-from nup.coord_check import COORD_METRICS, LAYER_ROLES, coord_check, layer_role, plot_coord_check  # noqa: E402
-from nup.training import load_data  # noqa: E402
+from nup.analysis.coord_check import COORD_METRICS, LAYER_ROLES, coord_check, layer_role, plot_coord_check  # noqa: E402
+from nup.training.loop import load_data  # noqa: E402
 
 TINY = dict(dataset="teacher", n_train=16, probe_size=16, dtype="float64")
 

@@ -8,7 +8,7 @@ import torch
 
 import nup
 from nup import NTK, SP, MuP, NuP, RunConfig, train
-from nup.activations import get_activation, leaky_relu
+from nup.core.activations import get_activation, leaky_relu
 
 ACTIVATIONS = ["relu", "abs", "leaky_relu"]
 
@@ -190,8 +190,8 @@ def test_divergence_is_a_result_not_an_exception():
 
 
 def test_cross_entropy_and_minibatch_sgd_on_fashion_mnist():
-    pytest.importorskip("nup.data")
-    from nup import data
+    pytest.importorskip("nup.training.data")
+    from nup.training import data
 
     if not (data.data_dir() / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not present: run `make data`")
@@ -206,7 +206,7 @@ def test_cache_reads_second_run_and_recomputes_corrupted(tmp_path, monkeypatch, 
     first = nup.run(config, cache_dir=tmp_path)
     assert nup.is_cached(config, cache_dir=tmp_path)
     calls = []
-    monkeypatch.setattr("nup.cache.train", lambda c: calls.append(c))  # would be used on a recompute
+    monkeypatch.setattr("nup.training.cache.train", lambda c: calls.append(c))  # would be used on a recompute
     second = nup.run(config, cache_dir=tmp_path)
     assert second.df.equals(first.df) and not calls
     monkeypatch.undo()

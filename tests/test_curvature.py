@@ -1,4 +1,4 @@
-"""nup.curvature against explicit float64 Hessians (torch.autograd.functional.hessian) and numpy.linalg.eigh."""
+"""nup.linalg.hessian against explicit float64 Hessians (torch.autograd.functional.hessian) and numpy.linalg.eigh."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import nup
-from nup import curvature
-from nup.curvature import EigenResult, lanczos
-from nup.ntk import empirical_ntk
-from nup.training import cross_entropy_loss, mse_loss
+from nup.linalg import hessian as curvature
+from nup.linalg.hessian import EigenResult, lanczos
+from nup.linalg.tangent_kernel import empirical_ntk
+from nup.training.config import cross_entropy_loss, mse_loss
 
 F64 = torch.float64
 
@@ -150,7 +150,7 @@ def test_sharpness_diagnostic_in_a_training_run():
     values, hvps = result.metric("sharpness"), result.metric("sharpness_hvps")
     assert list(values.index) == [0, 2, 4, 6]
     assert (hvps.iloc[1:] < hvps.iloc[0]).all()  # warm starts after the first (cold) estimate
-    x, y = nup.data.teacher_task(32, seed=0, dtype=F64, device="cpu")
+    x, y = nup.training.data.teacher_task(32, seed=0, dtype=F64, device="cpu")
     model = config.build_parameterization().build(16, 1, 3, 16, "relu", seed=0, dtype=F64)
     expected = np.linalg.eigvalsh(explicit_hessian(model, mse_loss, x, y).numpy())[-1]
     assert values.iloc[0] == pytest.approx(expected, rel=1e-3)

@@ -1,4 +1,4 @@
-"""Tests for nup.data (IDX parser, Fashion-MNIST loader, teacher task) and scripts/fetch_data.py."""
+"""Tests for nup.training.data (IDX parser, Fashion-MNIST loader, teacher task) and scripts/fetch_data.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from nup import data
+from nup.training import data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -19,9 +19,10 @@ import torch
 
 import nup
 from nup import RunConfig, train
-from nup.training import LOSS_FUNCTIONS, load_data
+from nup.training.config import LOSS_FUNCTIONS
+from nup.training.loop import load_data
 
-nup_train = importlib.import_module("nup.training")
+nup_train = importlib.import_module("nup.training.loop")
 
 TINY = dict(dataset="teacher", n_train=12, depth=3, width=3, steps=12, dtype="float64", activation="relu")
 CASES = {

@@ -1,11 +1,11 @@
-"""The exact samplers of nup.eoc against Monte Carlo of real nup.MLPs, and the iterated map."""
+"""The exact samplers of nup.theory.eoc against Monte Carlo of real nup.MLPs, and the iterated map."""
 
 import numpy as np
 import pytest
 import torch
 
 from nup import NTK
-from nup.eoc import iterate_correlation_map, sample_norm_ratios, sample_preactivations
+from nup.theory.eoc import iterate_correlation_map, sample_norm_ratios, sample_preactivations
 
 
 def _real_norm_ratios(activation, depth, width, n_seeds, sigma2_scale=1.0):

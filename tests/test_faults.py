@@ -5,7 +5,7 @@ What joblib does (joblib 1.6, ``_store_backends.py``): ``dump_item`` pickles a r
 ``output.pkl`` is either absent or complete.  ``MemorizedFunc._cached_call`` treats any
 exception while loading ``output.pkl`` as a miss: it logs a warning ("Exception while
 loading results") through the ``joblib`` logger and recomputes, overwriting the file.
-The tests below check both, and what ``nup.sweep`` builds on them.
+The tests below check both, and what ``nup.training.sweep`` builds on them.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import joblib
 import pytest
 from pandas.testing import assert_frame_equal
 
-import nup.cache
-import nup.sweep
+import nup.training.cache
+import nup.training.sweep
 from nup import RunConfig, train
-from nup.cache import is_cached, run
+from nup.training.cache import is_cached, run
 from helpers import count_trains
-from nup.sweep import sweep
-from nup.training import SCHEDULES
+from nup.training.sweep import sweep
+from nup.training.schedules import SCHEDULES
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ SLOW_CONFIGS = [dict(BASE, depth=3, steps=400, seed=seed) for seed in range(6)]
 def test_a_sweep_killed_with_sigkill_resumes_to_the_identical_result(tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     script = textwrap.dedent(f"""
-        from nup.sweep import sweep
+        from nup.training.sweep import sweep
         sweep({SLOW_CONFIGS!r}, backend="serial", cache_dir={str(cache_dir)!r})
     """)
     env = dict(os.environ, TQDM_DISABLE="1")
@@ -219,13 +219,13 @@ def fake_pool(monkeypatch, die_times: dict[int, int], slots: int = 2, markers_vi
                 deaths[killers[0]] += 1
                 return done, RuntimeError("worker died")
             for index, config, cache, cache_dir, threads, markers, _registry in in_flight:
-                outcomes[index] = nup.sweep._run_one(index, config, cache, cache_dir, threads,
+                outcomes[index] = nup.training.sweep._run_one(index, config, cache, cache_dir, threads,
                                                      markers if markers_visible else None)[1]
                 done.add(index)
                 bar.update()
         return done, None
 
-    monkeypatch.setattr(nup.sweep, "_run_batch", run_batch)
+    monkeypatch.setattr(nup.training.sweep, "_run_batch", run_batch)
     return deaths
 
 
@@ -283,6 +283,6 @@ def test_a_diverged_run_is_a_cached_result(tmp_path, monkeypatch):
 
 def test_a_worker_that_cannot_write_its_start_marker_still_runs():
     """On a cluster without a shared file system the marker directory does not exist."""
-    index, outcome = nup.sweep._run_one(7, RunConfig(**BASE), False, "/nonexistent", 1, "/nonexistent/markers")
+    index, outcome = nup.training.sweep._run_one(7, RunConfig(**BASE), False, "/nonexistent", 1, "/nonexistent/markers")
     assert index == 7 and outcome.error is None
     assert_frame_equal(outcome.result.df, train(RunConfig(**BASE)).df)

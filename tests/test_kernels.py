@@ -1,4 +1,4 @@
-"""nup.kernels against closed forms and Monte Carlo estimates from very wide random networks (float64)."""
+"""nup.theory.kernels against closed forms and Monte Carlo estimates from very wide random networks (float64)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import nup
-from nup import kernels
-from nup.ntk import empirical_ntk
+from nup.theory import kernels
+from nup.linalg.tangent_kernel import empirical_ntk
 
 ACTIVATIONS = ["relu", "abs", "leaky_relu"]
 

@@ -1,4 +1,4 @@
-"""nup.ntk against explicit float64 Jacobians (torch.autograd.functional.jacobian) and numpy.linalg.eigh."""
+"""nup.linalg.tangent_kernel against explicit float64 Jacobians (torch.autograd.functional.jacobian) and numpy.linalg.eigh."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import nup
-from nup import ntk
-from nup.curvature import EigenResult
+from nup.linalg import tangent_kernel as ntk
+from nup.linalg.hessian import EigenResult
 
 ACTIVATIONS = ["relu", "abs", "leaky_relu"]
 PARAMETERIZATIONS = ["sp", "ntk", "mup", "nup"]
@@ -148,7 +148,7 @@ def test_ntk_diagnostic_in_a_training_run():
     layer_traces = sum(result.metric("ntk_trace", layer=k).iloc[0] for k in (1, 2, 3))
     assert result.metric("ntk_trace").iloc[0] == pytest.approx(layer_traces)
     # step 0 against eigh of the explicit NTK of the same initial model on the probe batch
-    x, _ = nup.data.teacher_task(32, seed=0, dtype=F64, device="cpu")
+    x, _ = nup.training.data.teacher_task(32, seed=0, dtype=F64, device="cpu")
     model = config.build_parameterization().build(16, 1, 3, 16, "relu", seed=0, dtype=F64)
     expected = np.linalg.eigvalsh(explicit_ntk(model, x[:16]).numpy())[-1]
     assert top.iloc[0] == pytest.approx(expected, rel=1e-3)

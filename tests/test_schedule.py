@@ -1,4 +1,4 @@
-"""Tests for nup.schedule: GeometricLR against closed forms, the uv model's catapult window, state, errors."""
+"""Tests for nup.training.schedules: GeometricLR against closed forms, the uv model's catapult window, state, errors."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from nup import schedule
-from nup.optim import NormalizedSGD
-from nup.param import MuP, NTK
-from nup.schedule import GeometricLR, WarmupCosine, warmup_cosine
-from nup.training import SCHEDULES, RunConfig, mse_loss, train
+from nup.training import schedules as schedule
+from nup.core.optim import NormalizedSGD
+from nup.core.param import MuP, NTK
+from nup.training.schedules import GeometricLR, WarmupCosine, warmup_cosine
+from nup.training.config import RunConfig, mse_loss
+from nup.training.loop import train
+from nup.training.schedules import SCHEDULES
 
 DT = torch.float64
 
@@ -109,7 +111,7 @@ def test_quadratic_sets_c_over_lambda_max(curvature):
         opt.step()
         sched.step()
         assert lrs(opt)[0] == pytest.approx(3.0 / lam, rel=1e-6)
-    # Warm-started from the eigenvector of the same matrix, a solve takes 1-2 products (nup.curvature.lanczos).
+    # Warm-started from the eigenvector of the same matrix, a solve takes 1-2 products (nup.linalg.hessian.lanczos).
     assert first_products > 2 and sched.last_products <= 2
     products = [r[3] for r in sched.log_rows if r[1] == "schedule_products"]
     assert sched.n_estimates == len(products) == 4 and sched.total_products == sum(products)
@@ -227,7 +229,7 @@ def test_uv_model_catapult_window(eta_lambda0):
 
 
 def test_uv_ntk_solver_agrees_with_closed_form():
-    from nup.ntk import ntk_top_eigenvalue
+    from nup.linalg.tangent_kernel import ntk_top_eigenvalue
 
     model = UV(0.7, -1.3)
     result = ntk_top_eigenvalue(model, torch.ones(1, 1, dtype=DT), tol=1e-10)

@@ -1,4 +1,4 @@
-"""Tests for nup.sweep: grid, the sweep DataFrame, local processes (loky) and a real Dask cluster.
+"""Tests for nup.training.sweep: grid, the sweep DataFrame, local processes (loky) and a real Dask cluster.
 
 Parallel results are compared with the serial run's; both use ``cache=False`` (or separate
 cache directories), so the comparison is between two computations, not one computation
@@ -14,10 +14,10 @@ import pytest
 import torch
 from pandas.testing import assert_frame_equal
 
-import nup.cache
+import nup.training.cache
 from nup import RunConfig, train
 from helpers import count_trains
-from nup.sweep import grid, sweep
+from nup.training.sweep import grid, sweep
 
 NO_DASK = "dask.distributed is not installed (pip install 'nup[dask]')"
 # Tiny teacher runs: a few milliseconds each.
@@ -122,7 +122,7 @@ def test_cuda_without_cuda_is_an_up_front_error(tmp_path):
 
 def test_auto_device_is_cuda_when_available():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert nup.cache._key(RunConfig(**BASE))[0]["device"] == expected
+    assert nup.training.cache._key(RunConfig(**BASE))[0]["device"] == expected
 
 
 # --------------------------------------------------------------------------- local processes
@@ -135,7 +135,7 @@ def test_local_processes_equal_the_serial_run(serial_frame):
 def test_runs_cached_by_workers_are_read_back_not_recomputed(tmp_path, serial_frame, monkeypatch):
     monkeypatch.setenv("NUP_SWEEP_BACKEND", "loky")  # the backend=None path
     first = sweep(tiny_configs(), n_jobs=2, cache_dir=tmp_path, progress=False)
-    assert all(nup.cache.is_cached(RunConfig(**c), cache_dir=tmp_path) for c in tiny_configs())
+    assert all(nup.training.cache.is_cached(RunConfig(**c), cache_dir=tmp_path) for c in tiny_configs())
     calls = count_trains(monkeypatch)
     again = sweep(tiny_configs(), backend="serial", cache_dir=tmp_path, progress=False)
     assert calls == []
@@ -180,7 +180,7 @@ def test_dask_local_cluster_equals_the_serial_run(serial_frame, tmp_path, monkey
         df = sweep(tiny_configs(), cache_dir=tmp_path, progress=False)
         assert calls == []
         assert_frame_equal(df, serial_frame)
-        assert all(nup.cache.is_cached(RunConfig(**c), cache_dir=tmp_path) for c in tiny_configs())
+        assert all(nup.training.cache.is_cached(RunConfig(**c), cache_dir=tmp_path) for c in tiny_configs())
         # A Client of one's own (say, made in a notebook) is used and left open.
         monkeypatch.delenv("NUP_SWEEP_BACKEND")
         with distributed.Client(cluster, set_as_default=False) as client:

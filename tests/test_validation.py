@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from nup import RunConfig, get_parameterization, resolve_device, resolve_dtype
-from nup.optim import NormalizedSGD
-from nup.sweep import grid, sweep
+from nup.core.optim import NormalizedSGD
+from nup.training.sweep import grid, sweep
 
 TEACHER = dict(dataset="teacher")
 PARAMETERIZATIONS = "one of 'sp', 'ntk', 'mup', 'nup'"

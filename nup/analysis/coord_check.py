@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nup.training import RunConfig
+from nup.training.config import RunConfig
 from nup.validation import check_choice, check_int, check_nonempty_list
 
 __all__ = ["coord_check", "plot_coord_check", "layer_role", "COORD_METRICS", "LAYER_ROLES"]
@@ -87,7 +87,7 @@ def coord_check(parameterizations, depths: Sequence[int], widths: Sequence[int],
     Returns columns ``label, parameterization, depth, width, seed, step, layer, role, metric, value``.
     All configurations are validated before any run starts.
     """
-    from nup.sweep import sweep
+    from nup.training.sweep import sweep
 
     specs = _normalize_parameterizations(parameterizations)
     depths = check_nonempty_list("depths", depths, lambda n, v: check_int(n, v, minimum=1))
@@ -146,7 +146,7 @@ def plot_coord_check(df: pd.DataFrame, x: str = "width", metric: str = "delta_rm
     check_choice("x", x, ("width", "depth"))
     check_choice("metric", metric, COORD_METRICS)
     if not isinstance(df, pd.DataFrame) or not {"label", "role", "step", "metric", "value", x} <= set(df.columns):
-        raise ValueError("df must be a DataFrame returned by nup.coord_check.coord_check")
+        raise ValueError("df must be a DataFrame returned by nup.analysis.coord_check.coord_check")
     step = int(df.step.max()) if step is None else check_int("step", step, minimum=0)
     data = df[(df.metric == metric) & (df.step == step) & df.role.notna()]
     if data.empty:

@@ -1,7 +1,7 @@
 """Sweeps: many ``RunConfig`` in, one long-format ``DataFrame`` out.
 
 ``grid(depth=[2, 4], lr=[0.1, 1.0])`` spells out a cartesian product as a list of dicts;
-``sweep(configs)`` runs each configuration through the run cache (``nup.cache.run``), so a
+``sweep(configs)`` runs each configuration through the run cache (``nup.training.cache.run``), so a
 finished run is never computed twice, and stacks the runs' ``(step, metric, layer, value)``
 rows with a ``run`` index and one column per config field that varies across the sweep.
 
@@ -49,9 +49,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nup import cache as nup_cache
-from nup.device import resolve_device
-from nup.training import DIAGNOSTICS, SCHEDULES, RunConfig, RunResult
+from nup.training import cache as nup_cache
+from nup.core.device import resolve_device
+from nup.diagnostics import DIAGNOSTICS
+from nup.training.config import RunConfig, RunResult
+from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int
 
 __all__ = ["grid", "sweep", "BACKENDS", "CONFIG_FIELDS"]
@@ -109,7 +111,7 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     ``n_jobs``: local worker processes (-1: one per core).  ``backend``: ``"loky"``,
     ``"serial"`` or ``"dask"`` (see the module docstring); ``scheduler``: the Dask scheduler
     address or ``Client`` (implies ``backend="dask"``).  ``cache=False`` computes every run
-    and stores nothing; ``cache_dir`` defaults to ``nup.cache.results_dir()``.  ``retries``:
+    and stores nothing; ``cache_dir`` defaults to ``nup.training.cache.results_dir()``.  ``retries``:
     how many more times a run whose worker process died is tried.  ``threads``: torch
     threads per run (default: 1 in parallel workers, unchanged in serial).
     """
@@ -167,7 +169,7 @@ def _validate_configs(configs) -> list[RunConfig]:
     configs = list(configs)
     if not configs:
         raise ValueError("configs=[] is empty; configs must be a non-empty list of RunConfig or dicts "
-                         "(see nup.sweep.grid)")
+                         "(see nup.training.sweep.grid)")
     out = []
     for i, item in enumerate(configs):
         if isinstance(item, RunConfig):

@@ -4,7 +4,7 @@ A run is keyed by a hash of its full configuration (with ``device="auto"`` resol
 ``nup`` version, and stored by ``joblib.Memory`` under ``results/`` (or ``$NUP_RESULTS_DIR``).
 joblib writes each result to a temporary file and renames it, so a killed run leaves a
 complete result or none; a result it cannot read is recomputed, with a warning.  After
-changing ``nup``'s numerics, bump ``nup.__version__`` or ``make clean-results``.
+changing ``nup``'s numerics, bump ``nup.__version__`` or run ``make clean`` (which deletes ``results/``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from pathlib import Path
 
 from joblib import Memory
 
-from nup.device import resolve_device
-from nup.training import RunConfig, RunResult, train
+from nup.core.device import resolve_device
+from nup.training.config import RunConfig, RunResult
+from nup.training.loop import train
 
 __all__ = ["run", "is_cached", "results_dir"]
 
 
 def results_dir() -> Path:
-    default = Path(__file__).resolve().parents[1] / "results"
+    default = Path(__file__).resolve().parents[2] / "results"
     return Path(os.environ.get("NUP_RESULTS_DIR", default))
 
 

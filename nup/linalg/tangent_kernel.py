@@ -20,25 +20,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from nup.curvature import EigenResult, TopKResult, _check_data, check_eigen_args, lanczos
-from nup.kernels import condition_number
-from nup.mlp import MLP
-from nup.training import TrainContext, register_diagnostic
+from nup.linalg.lanczos import EigenResult, TopKResult, check_eigen_args, check_model_data, lanczos
+from nup.theory.kernels import condition_number
+from nup.core.mlp import MLP
 from nup.validation import check_choice
 
 __all__ = ["empirical_ntk", "NTKOperator", "ntk_matvec", "ntk_top_eigenvalue", "ntk_top_eigenvalues", "ntk_trace",
-           "ntk_condition_number", "output_trace_kernel", "kernel_alignment", "NTKTracker", "NTK_METHODS"]
+           "ntk_condition_number", "output_trace_kernel", "kernel_alignment", "NTK_METHODS"]
 
 NTK_METHODS = ("auto", "manual", "func")
 
 
 def _check_mlp(model) -> MLP:
     if not isinstance(model, MLP):
-        raise ValueError(f"model of type {type(model).__name__} is not allowed; this needs a nup.mlp.MLP")
+        raise ValueError(f"model of type {type(model).__name__} is not allowed; this needs a nup.core.mlp.MLP")
     return model
 
 
@@ -78,7 +76,7 @@ def empirical_ntk(model: MLP, x: torch.Tensor, normalize_n: bool = True, return_
     backpropagated signals.
     """
     model = _check_mlp(model)
-    _check_data(model, x)
+    check_model_data(model, x)
     factors = _layer_weights(model, layer_weights)
     weights, a, d, out = _forward(model, x)
     n, d_out = out.shape
@@ -111,7 +109,7 @@ def ntk_trace(model: MLP, x: torch.Tensor, normalize_n: bool = True, per_layer: 
     With ``per_layer`` returns ``(trace, [trace_1, ..., trace_l])``.
     """
     model = _check_mlp(model)
-    _check_data(model, x)
+    check_model_data(model, x)
     weights, a, d, out = _forward(model, x)
     n, d_out = out.shape
     c = model.multipliers
@@ -144,7 +142,7 @@ class NTKOperator:
     def __init__(self, model: nn.Module, x: torch.Tensor, normalize_n: bool = True, method: str = "auto",
                  layer_weights: Sequence[float] | None = None):
         check_choice("method", method, NTK_METHODS)
-        _check_data(model, x)
+        check_model_data(model, x)
         if method == "auto":
             method = "manual" if isinstance(model, MLP) else "func"
         if method == "manual":
@@ -218,7 +216,7 @@ def ntk_top_eigenvalues(model: nn.Module, x: torch.Tensor, k: int = 1, v0: torch
                         tol: float = 1e-3, max_iter: int = 200, normalize_n: bool = True, method: str = "auto",
                         max_basis: int | None = None, seed: int = 0) -> TopKResult:
     """The ``k`` largest eigenvalues of the empirical NTK by Lanczos on matrix-free products."""
-    _check_data(model, x)
+    check_model_data(model, x)
     with torch.no_grad():
         d_out = model(x[:1]).shape[1]
     check_eigen_args(x.shape[0] * d_out, v0, tol, max_iter, k, max_basis)
@@ -251,36 +249,3 @@ def kernel_alignment(kernel: torch.Tensor, targets: torch.Tensor) -> float:
     yy = targets @ targets.T
     denominator = torch.linalg.matrix_norm(kernel) * torch.linalg.matrix_norm(yy)
     return float((kernel * yy).sum() / denominator) if denominator > 0 else math.nan
-
-
-# ---------------------------------------------------------------------------- diagnostic
-
-@register_diagnostic("ntk")
-class NTKTracker:
-    """On the probe batch (the first ``probe_size`` training samples), every ``diagnostic_every`` steps:
-    ``ntk_top_eigenvalue`` (Lanczos warm-started from ``self.vector``), ``ntk_trace`` (layer 0: the
-    whole network, layer k: layer k's contribution), ``ntk_change = |K_t - K_0|_F / |K_0|_F`` and
-    ``kernel_alignment`` of the output-traced ``n x n`` kernel with the one-hot targets."""
-
-    def __init__(self, ctx: TrainContext):
-        self.probe = ctx.x[: ctx.config.probe_size]
-        targets = ctx.y[: ctx.config.probe_size]
-        with torch.no_grad():
-            self.d_out = ctx.model(self.probe[:1]).shape[1]
-        if targets.dim() == 1:  # class labels (cross-entropy runs): align with their one-hot code
-            targets = torch.nn.functional.one_hot(targets.long(), self.d_out)
-        self.targets = targets
-        self.initial = empirical_ntk(ctx.model, self.probe)
-        self.initial_norm = torch.linalg.matrix_norm(self.initial)
-        self.vector: torch.Tensor | None = None
-
-    def __call__(self, step, ctx: TrainContext, preactivations):
-        kernel, layers = empirical_ntk(ctx.model, self.probe, return_layers=True)
-        top = ntk_top_eigenvalue(ctx.model, self.probe, v0=self.vector)
-        self.vector = top.vector if math.isfinite(top.value) else None
-        rows = [("ntk_top_eigenvalue", 0, top.value), ("ntk_trace", 0, float(torch.trace(kernel)))]
-        rows += [("ntk_trace", k, float(torch.trace(layer))) for k, layer in enumerate(layers, start=1)]
-        change = torch.linalg.matrix_norm(kernel - self.initial) / self.initial_norm
-        rows.append(("ntk_change", 0, float(change)))
-        rows.append(("kernel_alignment", 0, kernel_alignment(output_trace_kernel(kernel, self.d_out), self.targets)))
-        return rows

@@ -17,12 +17,12 @@ import torch
 
 from nup.validation import check_int
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "fashion-mnist"
 # Value at import time; the loaders call data_dir() so a later NUP_DATA_DIR change is honoured.
 DATA_DIR = Path(os.environ.get("NUP_DATA_DIR") or DEFAULT_DATA_DIR)
 
-# Decompressed name -> (bytes, sha256 of the decompressed payload); see shared/data-notes.md.
+# Decompressed name -> (bytes, sha256 of the decompressed payload); see docs/data.md.
 FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
     "train-images-idx3-ubyte": (47040016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
     "train-labels-idx1-ubyte": (60008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),

@@ -1,13 +1,13 @@
 """Infinite-width NNGP and NTK of the bias-free ``a*s + b*|s|`` MLP, in float64.
 
-Convention (NTK parameterization, ``nup.param.NTK``; see ``shared/paper-notes.md``): with
+Convention (NTK parameterization, ``nup.core.param.NTK``; see ``docs/definitions.md``): with
 ``s = sigma2_scale`` (``s = 1`` is the Edge of Chaos) and ``c_k = Sigma^k_xx' / sqrt(Sigma^k_xx Sigma^k_x'x')``,
 
     Sigma^1 = Theta^1 = x.x' / m_0,
     Sigma^{k+1} = s * sqrt(Sigma^k_xx Sigma^k_x'x') * rho(c_k),
     Theta^{k+1} = Sigma^{k+1} + s * Theta^k * rho_dot(c_k),
 
-where ``rho`` and ``rho_dot`` are the normalized correlation maps of ``nup.activations.Activation``
+where ``rho`` and ``rho_dot`` are the normalized correlation maps of ``nup.core.activations.Activation``
 (independent of ``s``, since the weight variance only rescales).  ``Sigma^l`` is the covariance of
 one output of a depth-``l`` network and ``Theta^l`` its NTK; different outputs are independent,
 so the full kernels are ``Sigma^l (x) I_{d_out}`` and ``Theta^l (x) I_{d_out}``: the functions below
@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nup.activations import Activation, get_activation
+from nup.core.activations import Activation, get_activation
 from nup.validation import check_int, check_positive
 
 __all__ = ["nngp_kernel", "ntk_kernel", "kernels", "condition_number"]

@@ -1,14 +1,14 @@
 """Learning-rate schedules: the geometry-aware ``GeometricLR`` and a warmup-plus-cosine baseline.
 
 The abstract only says that *a geometry-aware learning-rate schedule prolongs the catapult
-phase indefinitely* (FOUND).  The rule below is OURS (``shared/paper-notes.md``, "Catapult and
+phase indefinitely* (FOUND).  The rule below is OURS (``docs/definitions.md``, "Catapult and
 EOS" and "Geometry-aware schedule"): with MSE ``L = |r|^2/(2n)`` and ``K = J J^T/n`` the
 residuals follow ``r <- (I - eta K) r``, and a catapult lasts only while ``eta * lambda_t > 2``.
 So the rate is reset from the current geometry,
 
 * ``curvature="ntk"`` or ``"hessian"``: ``eta_t = c / lambda_t``, ``lambda_t`` the top eigenvalue
-  of the empirical NTK (``nup.ntk.ntk_top_eigenvalue``) or of the loss Hessian
-  (``nup.curvature.sharpness``), re-estimated every ``every`` steps, each solve warm-started
+  of the empirical NTK (``nup.linalg.tangent_kernel.ntk_top_eigenvalue``) or of the loss Hessian
+  (``nup.linalg.hessian.sharpness``), re-estimated every ``every`` steps, each solve warm-started
   from the previous eigenvector;
 * ``curvature="gradient"`` (no eigen-solver): ``eta_t = c * 2 L_t / |grad L_t|^2``.  With
   ``g = J^T r/n`` this is ``c / q_t`` where ``q_t = r^T K r/|r|^2`` is a Rayleigh quotient of
@@ -21,16 +21,16 @@ so it reaches ``max_lr`` within a few steps (notebook 06: caps of 300-1000/``lam
 ReLU network, 100/``lambda_0`` did not).  Under νP the schedule turns the normalized step into
 GD's step at ``eta_t`` (see below); ``per_layer_scale="global"`` keeps the normalized direction.
 For μP's per-layer rates the kernel that governs GD is ``sum_k lr_mult_k K_k``
-(``nup.ntk.NTKOperator(layer_weights=model.lr_mults)``); the schedule uses the plain NTK.
+(``nup.linalg.tangent_kernel.NTKOperator(layer_weights=model.lr_mults)``); the schedule uses the plain NTK.
 
 How ``eta_t`` reaches the optimizer (it composes with any ``torch.optim`` optimizer and with
-the per-layer groups of ``nup.param``):
+the per-layer groups of ``nup.core.param``):
 
 * **relative per group**: ``lr_k = base_lr_k * eta_t / eta_ref`` with ``eta_ref = max_k base_lr_k``
   (the groups' ``initial_lr`` at construction).  Per-layer ratios are never overwritten, and the
   largest layer rate is ``eta_t``; since ``lambda_max(D^1/2 K D^1/2) <= max(D) lambda_max(K)``
   for the diagonal of layer rates ``D``, the preconditioned ``eta * lambda`` is at most ``c``.
-* **normalized updates** (``nup.optim.NormalizedSGD``): the target is the step plain GD at
+* **normalized updates** (``nup.core.optim.NormalizedSGD``): the target is the step plain GD at
   ``eta_t`` would take.  ``normalize="global"`` steps ``lr * g/|g|``, so ``lr_k`` is multiplied by
   ``|g|``; ``normalize="per_layer"`` steps ``lr_k * G_k/|G_k|``, so with
   ``per_layer_scale="layer"`` (default) ``lr_k`` is multiplied by ``|G_k|`` (the step is then
@@ -46,6 +46,8 @@ from the geometry at initialization.  Every estimate is appended to ``log_rows``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import numbers
 from collections.abc import Callable
@@ -54,10 +56,15 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from nup.training import TrainContext, register_schedule
+from nup.linalg.hessian import sharpness
+from nup.linalg.tangent_kernel import ntk_top_eigenvalue
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["GeometricLR", "CURVATURES", "PER_LAYER_SCALES", "WarmupCosine", "warmup_cosine"]
+if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
+    from nup.training.config import TrainContext
+
+__all__ = ["GeometricLR", "CURVATURES", "PER_LAYER_SCALES", "WarmupCosine", "warmup_cosine", "SCHEDULES",
+           "register_schedule"]
 
 CURVATURES = ("ntk", "hessian", "gradient")
 PER_LAYER_SCALES = ("layer", "global")
@@ -115,7 +122,7 @@ class GeometricLR(LRScheduler):
         if self.min_lr > self.max_lr:
             raise ValueError(f"min_lr={min_lr!r} > max_lr={max_lr!r} is not allowed; min_lr must be <= max_lr")
         self.tol = check_positive("tol", tol)
-        if self.tol >= 1:  # the solvers' relative tolerance (nup.curvature.check_eigen_args)
+        if self.tol >= 1:  # the solvers' relative tolerance (nup.linalg.hessian.check_eigen_args)
             raise ValueError(f"tol={tol!r} is not allowed; tol must be a relative tolerance in (0, 1)")
         self.max_iter = check_int("max_iter", max_iter, minimum=1)
         self.per_layer_scale = check_choice("per_layer_scale", per_layer_scale, PER_LAYER_SCALES)
@@ -173,13 +180,10 @@ class GeometricLR(LRScheduler):
             value = g2 / (2 * loss) if loss > 0 else math.nan
             products, converged = 0, True
         else:
-            # Imported here, not at the top: ``import nup`` must not depend on the solvers' modules.
             if self.curvature == "ntk":
-                from nup.ntk import ntk_top_eigenvalue
                 result = ntk_top_eigenvalue(self.model, self.x, v0=self.eigenvector, tol=self.tol,
                                             max_iter=self.max_iter)
             else:
-                from nup.curvature import sharpness
                 result = sharpness(self.model, self.loss_fn, self.x, self.y, v0=self.eigenvector, tol=self.tol,
                                    max_iter=self.max_iter)
             value, products, converged = float(result.value), int(result.n_products), bool(result.converged)
@@ -269,13 +273,23 @@ def _options(ctx: TrainContext, schedule: str, allowed: tuple[str, ...]) -> dict
 _GEOMETRIC_OPTIONS = ("c", "curvature", "every", "min_lr", "max_lr", "tol", "max_iter", "per_layer_scale")
 
 
-@register_schedule("geometric")
 def _geometric(ctx: TrainContext) -> GeometricLR:
     return GeometricLR(ctx.optimizer, ctx.model, ctx.loss_fn, ctx.x, ctx.y,
                        **_options(ctx, "geometric", _GEOMETRIC_OPTIONS))
 
 
-@register_schedule("warmup_cosine")
 def _warmup_cosine(ctx: TrainContext) -> LambdaLR:
     return warmup_cosine(ctx.optimizer, ctx.config.steps,
                          **_options(ctx, "warmup_cosine", ("warmup_steps", "final_fraction")))
+
+
+# name -> factory(ctx) -> an object with .step() (a torch LRScheduler), or None for a constant rate.
+# Built-ins are listed here, not registered by importing modules; register_schedule adds your own.
+SCHEDULES: dict[str, Callable] = {"constant": lambda ctx: None, "geometric": _geometric,
+                                  "warmup_cosine": _warmup_cosine}
+
+
+def register_schedule(name: str, factory: Callable) -> Callable:
+    """Make ``RunConfig(schedule=name)`` call ``factory(ctx)`` (a ``TrainContext``) for its scheduler."""
+    SCHEDULES[name] = factory
+    return factory

@@ -2,7 +2,7 @@
 
 Layer ``k`` (1-based, ``k = 1..depth``) computes
 ``h_k = multiplier_k * W_k phi(h_{k-1})`` with ``phi(h_0) := x``; the output is ``h_depth``
-(linear).  A parameterization (``nup.param``) sets the init of each ``W_k``, the forward
+(linear).  A parameterization (``nup.core.param``) sets the init of each ``W_k``, the forward
 multipliers and the per-layer learning rates; the module itself only does the algebra.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nup.activations import Activation, get_activation
+from nup.core.activations import Activation, get_activation
 from nup.validation import check_choice, check_int
 
 __all__ = ["MLP", "WIDTH_PROFILES", "hidden_widths"]

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from nup.activations import Activation, get_activation
+from nup.core.activations import Activation, get_activation
 from nup.validation import check_int, check_nonempty_list, check_positive
 
 __all__ = ["sample_norm_ratios", "sample_preactivations", "iterate_correlation_map"]

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nup.activations import Activation, get_activation
-from nup.mlp import MLP, WIDTH_PROFILES, hidden_widths
-from nup.optim import NORMALIZE_MODES, NormalizedSGD
+from nup.core.activations import Activation, get_activation
+from nup.core.mlp import MLP, WIDTH_PROFILES, hidden_widths
+from nup.core.optim import NORMALIZE_MODES, NormalizedSGD
 from nup.validation import check_choice, check_int, check_positive
 
 __all__ = ["Parameterization", "SP", "NTK", "MuP", "NuP", "PARAMETERIZATIONS", "get_parameterization", "LayerRule"]

@@ -13,13 +13,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 
-from nup.training import TrainContext, register_diagnostic
 
-__all__ = ["UpdateTracker", "PreactivationChange", "cosine"]
+if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
+    from nup.training.config import TrainContext
+
+__all__ = ["UpdateTracker", "cosine"]
 
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -30,7 +34,6 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
     return (torch.sum(u * v).item()) / (nu * nv)
 
 
-@register_diagnostic("updates")
 class UpdateTracker:
     def __init__(self, ctx: TrainContext):
         self.weights = [layer.weight for layer in ctx.model.layers]
@@ -71,24 +74,3 @@ class UpdateTracker:
 
 def _safe_cos(dot: float, sq_u: float, sq_v: float) -> float:
     return dot / math.sqrt(sq_u * sq_v) if sq_u > 0 and sq_v > 0 else math.nan
-
-
-@register_diagnostic("preactivations")
-class PreactivationChange:
-    def __init__(self, ctx: TrainContext):
-        self.probe = ctx.x[: ctx.config.probe_size]
-        with torch.no_grad():
-            _, h0 = ctx.model(self.probe, return_preactivations=True)
-        self.initial = [h.detach().clone() for h in h0]
-
-    @torch.no_grad()
-    def __call__(self, step, ctx, preactivations):
-        if preactivations is None:
-            _, preactivations = ctx.model(self.probe, return_preactivations=True)
-        n = self.probe.shape[0]
-        rows = []
-        for k, (h, h0) in enumerate(zip(preactivations, self.initial), start=1):
-            change = torch.linalg.vector_norm(h.detach()[:n] - h0) / torch.linalg.vector_norm(h0)
-            rows.append(("preact_change", k, change.item()))
-            rows.append(("preact_norm2", k, (h.detach()[:n] ** 2).sum(dim=1).mean().item() / h.shape[1]))
-        return rows

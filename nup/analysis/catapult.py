@@ -1,7 +1,7 @@
 """Catapult-phase helpers: ``lambda_0`` of a run, learning rates in units of ``2/lambda_0``, loss-spike
 counting, the lazy / catapult / divergent phase of a run, and two cheap NTK diagnostics.
 
-Background (literature, not the paper; ``shared/paper-notes.md``, "Catapult and EOS"): with MSE
+Background (literature, not the paper; ``docs/definitions.md``, "Catapult and EOS"): with MSE
 ``L = |f - y|^2/(2n)`` and ``K = J J^T/n`` the residuals follow ``r <- (I - eta K) r``.  For
 ``eta * lambda_0 < 2`` (``lambda_0 = lambda_max(K_0)``) training is *lazy*: the loss decreases
 monotonically.  Above 2 the top mode grows, the loss spikes, ``lambda_t`` falls below ``2/eta`` and
@@ -9,7 +9,7 @@ training converges (*catapult*, Lewkowycz et al. 2020; the window ends at ``eta 
 the two-layer linear model, about 12 reported for ReLU networks); far above, training *diverges*.
 
 * ``initial_ntk_eigenvalue(config)``: ``lambda_max(K_0)`` on the run's full training set, for the
-  very model ``nup.training.train`` builds from ``config`` (same data, same seed).
+  very model ``nup.training.loop.train`` builds from ``config`` (same data, same seed).
 * ``config_for_ratio(config, ratio)``: the config with ``lr = ratio / lambda_0``.
 * ``spike_steps(loss, rise)`` / ``count_spikes``: where the loss jumps by a factor ``1 + rise`` above
   its running minimum (one count per excursion, however long).
@@ -17,7 +17,7 @@ the two-layer linear model, about 12 reported for ReLU networks); far above, tra
 * ``classify_phase(loss, diverged)``: ``"lazy"``, ``"catapult"`` or ``"divergent"`` (rules in its docstring).
 * ``window_edge(ratios, phases)``: the bracket of the upper edge of the catapult window.
 
-Diagnostics (``RunConfig.diagnostics``; importing ``nup.catapult`` registers them):
+Diagnostics (``RunConfig.diagnostics``; importing ``nup.analysis.catapult`` registers them):
 
 * ``"ntk_lambda"``: ``lambda_max`` of the NTK on the **full training batch** every
   ``diagnostic_every`` steps, matrix-free and warm-started (the ``"ntk"`` diagnostic forms the
@@ -35,13 +35,14 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from nup.training import RunConfig, TrainContext, build_model_and_data, register_diagnostic
+from nup.linalg.tangent_kernel import ntk_top_eigenvalue
+from nup.training.config import RunConfig
+from nup.training.loop import build_model_and_data
 from nup.validation import check_int, check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",
-           "classify_phase", "PHASES", "window_edge", "constant_loss", "NTKLambda", "NTKMotion"]
+           "classify_phase", "PHASES", "window_edge", "constant_loss"]
 
 PHASES = ("lazy", "catapult", "divergent")
 
@@ -59,8 +60,6 @@ def initial_ntk_eigenvalue(config: RunConfig, tol: float = 1e-6, max_iter: int =
     with one learning rate), to ``digits`` significant digits."""
     if not isinstance(config, RunConfig):
         raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
-    from nup.ntk import ntk_top_eigenvalue
-
     digits = check_int("digits", digits, minimum=1, maximum=17)
     model, x, _ = _model_and_data(config)
     result = ntk_top_eigenvalue(model, x, tol=tol, max_iter=max_iter)
@@ -196,49 +195,3 @@ def window_edge(ratios: Sequence[float], phases: Sequence[str]) -> tuple[float, 
             return lo, ratio
         lo = ratio
     return lo, math.inf
-
-
-# ---------------------------------------------------------------------------- diagnostics
-
-@register_diagnostic("ntk_lambda")
-class NTKLambda:
-    """``lambda_max`` of the full-batch NTK every ``diagnostic_every`` steps (matrix-free Lanczos,
-    warm-started from the previous eigenvector); row ``ntk_lambda``."""
-
-    def __init__(self, ctx: TrainContext, tol: float = 1e-4):
-        self.vector: torch.Tensor | None = None
-        self.tol = check_positive("tol", tol)
-
-    def __call__(self, step, ctx: TrainContext, preactivations):
-        from nup.ntk import ntk_top_eigenvalue
-
-        result = ntk_top_eigenvalue(ctx.model, ctx.x, v0=self.vector, tol=self.tol)
-        self.vector = result.vector if math.isfinite(result.value) else None
-        return [("ntk_lambda", 0, float(result.value))]
-
-
-@register_diagnostic("ntk_motion")
-class NTKMotion:
-    """How the *shape* of the probe NTK moves: ``ntk_shape_change = |K_hat_t - K_hat_0|_F`` and
-    ``ntk_shape_step = |K_hat_t - K_hat_s|_F`` (``s`` the previous diagnostic step), ``K_hat = K/|K|_F``."""
-
-    def __init__(self, ctx: TrainContext):
-        self.probe = ctx.x[: ctx.config.probe_size]
-        self.initial = self._shape(ctx.model)
-        self.previous = self.initial
-
-    def _shape(self, model):
-        from nup.ntk import empirical_ntk
-
-        kernel = empirical_ntk(model, self.probe).double()
-        norm = torch.linalg.matrix_norm(kernel)
-        return kernel / norm if norm > 0 else torch.full_like(kernel, math.nan)
-
-    def __call__(self, step, ctx: TrainContext, preactivations):
-        shape = self._shape(ctx.model)
-        rows = [("ntk_shape_change", 0, float(torch.linalg.matrix_norm(shape - self.initial))),
-                ("ntk_shape_step", 0, float(torch.linalg.matrix_norm(shape - self.previous)))]
-        self.previous = shape
-        return rows
-
-

@@ -1,0 +1,2 @@
+"""Reading results: sweep-frame accessors, power-law fits, best-learning-rate selection, catapult phases,
+coordinate checks."""

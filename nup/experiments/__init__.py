@@ -1,0 +1,1 @@
+"""One module per notebook: its parameter schema, ``run(params) -> frames`` and ``claims(frames) -> verdicts``."""

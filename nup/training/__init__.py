@@ -1,0 +1,2 @@
+"""Running experiments: the run config, the training loop, data, the run cache, sweeps and learning-rate
+schedules."""

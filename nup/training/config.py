@@ -1,0 +1,175 @@
+"""What a run is: a frozen, hashable ``RunConfig``; what it returns: ``RunResult``; what diagnostics and
+schedules see: ``TrainContext``; the two losses.
+
+Diagnostics and schedules are looked up by name in ``DIAGNOSTICS`` (``nup.diagnostics``) and
+``SCHEDULES`` (``nup.training.schedules``), so the config stays a plain hashable value that the run cache
+(``nup.training.cache``) can key on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+
+import pandas as pd
+import torch
+
+from nup.core.activations import ACTIVATIONS
+from nup.core.device import DTYPES
+from nup.core.mlp import WIDTH_PROFILES
+from nup.core.optim import NORMALIZE_MODES
+from nup.core.param import PARAMETERIZATIONS, get_parameterization
+from nup.diagnostics import DIAGNOSTICS
+from nup.training import data as nup_data
+from nup.training.schedules import SCHEDULES
+from nup.validation import check_choice, check_int, check_nonnegative, check_positive
+
+__all__ = ["RunConfig", "RunResult", "TrainContext", "mse_loss", "cross_entropy_loss", "LOSS_FUNCTIONS", "LOSSES"]
+
+
+LOSSES = ("mse", "ce")
+DATASETS = {"fashion_mnist": 60_000, "teacher": 1_000_000}
+TEST_SIZES = {"fashion_mnist": 10_000, "teacher": 1_000_000}
+
+
+def mse_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``|f - y|^2/(2n)``: squared error summed over outputs, averaged over the n samples, halved,
+    so that the residual dynamics read ``r <- (I - eta K) r`` with ``K = J J^T/n``."""
+    return ((output - target) ** 2).sum() / (2 * output.shape[0])
+
+
+def cross_entropy_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(output, target)
+
+
+LOSS_FUNCTIONS = {"mse": mse_loss, "ce": cross_entropy_loss}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run; ``None`` options take the parameterization's default."""
+
+    parameterization: str = "nup"
+    activation: str = "relu"
+    depth: int = 4
+    width: int = 32
+    width_profile: str | None = None
+    normalize: str | None = None
+    sigma2_scale: float = 1.0
+    base_width: int | None = None  # μP only
+    lr: float = 0.1
+    steps: int = 100
+    batch_size: int | None = None  # None: full-batch gradient descent
+    momentum: float = 0.0
+    loss: str = "mse"
+    dataset: str = "fashion_mnist"
+    n_train: int = 256
+    n_test: int = 0
+    classes: tuple[int, ...] | None = None
+    seed: int = 0
+    data_seed: int = 0
+    dtype: str = "float32"
+    device: str = "auto"
+    record_every: int = 1
+    diagnostics: tuple[str, ...] = ()
+    diagnostic_every: int = 10
+    probe_size: int = 64
+    schedule: str = "constant"
+    schedule_options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        # Lists from papermill/YAML become tuples so the config stays hashable.
+        for name in ("classes", "diagnostics", "schedule_options"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+            elif isinstance(value, dict):
+                object.__setattr__(self, name, tuple(sorted(value.items())))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field; called on construction."""
+        check_choice("parameterization", self.parameterization, PARAMETERIZATIONS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_int("depth", self.depth, minimum=1)
+        check_int("width", self.width, minimum=1)
+        if self.width_profile is not None:
+            check_choice("width_profile", self.width_profile, WIDTH_PROFILES)
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, NORMALIZE_MODES)
+        check_positive("sigma2_scale", self.sigma2_scale)
+        if self.base_width is not None:
+            check_int("base_width", self.base_width, minimum=1)
+        check_positive("lr", self.lr)
+        check_int("steps", self.steps, minimum=0)
+        check_nonnegative("momentum", self.momentum)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_int("n_train", self.n_train, minimum=1, maximum=DATASETS[self.dataset])
+        check_int("n_test", self.n_test, minimum=0, maximum=TEST_SIZES[self.dataset])
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, minimum=1, maximum=self.n_train)
+        check_int("seed", self.seed, minimum=0)
+        check_int("data_seed", self.data_seed, minimum=0)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_int("record_every", self.record_every, minimum=1)
+        check_int("diagnostic_every", self.diagnostic_every, minimum=1)
+        check_int("probe_size", self.probe_size, minimum=1)
+        for name in self.diagnostics:
+            check_choice("diagnostics", name, DIAGNOSTICS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if self.classes is not None:
+            if not isinstance(self.classes, tuple) or len(nup_data.check_classes(self.classes)) < 2:
+                raise ValueError(f"classes={self.classes!r} is not allowed; give None (all 10 classes) or a list of at "
+                                 "least 2 distinct class labels in 0..9")
+            if self.dataset != "fashion_mnist":
+                raise ValueError(f"classes={self.classes!r} only applies to dataset='fashion_mnist'; leave it None")
+        if self.dataset == "teacher" and self.loss == "ce":
+            raise ValueError("loss='ce' needs class labels; dataset='teacher' is a regression task, use loss='mse'")
+
+    def replace(self, **changes) -> RunConfig:
+        values = asdict(self)
+        values.update(changes)
+        return RunConfig(**values)
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def build_parameterization(self):
+        options = dict(width_profile=self.width_profile, normalize=self.normalize, sigma2_scale=self.sigma2_scale)
+        if self.parameterization == "mup":
+            options["base_width"] = self.base_width
+        return get_parameterization(self.parameterization, **options)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    df: pd.DataFrame
+    diverged_step: int | None = None
+    extras: dict = field(default_factory=dict)  # small, picklable side results (e.g. final spectra)
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    def metric(self, name: str, layer: int = 0) -> pd.Series:
+        """The values of one metric (indexed by step) for one layer (0: whole network)."""
+        rows = self.df[(self.df.metric == name) & (self.df.layer == layer)]
+        return rows.set_index("step")["value"]
+
+
+@dataclass
+class TrainContext:
+    """What diagnostics and schedules see: the run's model, data and loss."""
+
+    config: RunConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_fn: Callable
+    x_test: torch.Tensor | None = None
+    y_test: torch.Tensor | None = None
+    state: dict = field(default_factory=dict)

@@ -1,0 +1,130 @@
+"""Training runs: one frozen ``RunConfig`` in, one long-format ``DataFrame`` out.
+
+``train(config)`` builds the data, the model (through its parameterization), the optimizer
+and an optional learning-rate schedule, runs full-batch GD (``batch_size=None``) or
+mini-batch SGD, and records ``(step, metric, layer, value)`` rows; ``layer = 0`` means the
+whole network.  A run whose loss or gradient becomes NaN or inf stops and is returned with
+``diverged_step`` set: divergence is a result, not an exception.
+
+The config, result and context types live in ``nup.training.config``.
+"""
+
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+
+from nup.core.device import resolve_device, resolve_dtype
+from nup.diagnostics import DIAGNOSTICS
+from nup.training import data as nup_data
+from nup.training.config import LOSS_FUNCTIONS, RunConfig, RunResult, TrainContext
+from nup.training.schedules import SCHEDULES
+
+__all__ = ["train", "build_model_and_data", "load_data"]
+
+
+def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
+    """``(x, y, x_test, y_test)``; targets are one-hot for MSE and labels for cross-entropy."""
+    if config.dataset == "teacher":
+        x, y = nup_data.teacher_task(config.n_train + config.n_test, seed=config.data_seed, dtype=dtype, device=device)
+        n = config.n_train
+        return x[:n], y[:n], (x[n:], y[n:]) if config.n_test else (None, None)
+    target = "onehot" if config.loss == "mse" else "labels"
+    x, y = nup_data.load_fashion_mnist(config.n_train, split="train", seed=config.data_seed, target=target,
+                                       dtype=dtype, device=device, classes=config.classes)
+    test = (None, None)
+    if config.n_test:
+        test = nup_data.load_fashion_mnist(config.n_test, split="test", seed=config.data_seed, target=target,
+                                           dtype=dtype, device=device, classes=config.classes)
+    return x, y, test
+
+
+def build_model_and_data(config: RunConfig):
+    """``(model, x, y, x_test, y_test)``: the initialized model and the data ``train(config)`` starts from."""
+    config.validate()
+    device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
+    x, y, (x_test, y_test) = load_data(config, device, dtype)
+    d_out = (len(config.classes) if config.classes else 10) if config.loss == "ce" else y.shape[1]
+    model = config.build_parameterization().build(x.shape[1], d_out, config.depth, config.width, config.activation,
+                                                  seed=config.seed, dtype=dtype, device=device)
+    return model, x, y, x_test, y_test
+
+
+def train(config: RunConfig) -> RunResult:
+    """Run one configuration; see the module docstring."""
+    torch.manual_seed(config.seed)
+    model, x, y, x_test, y_test = build_model_and_data(config)
+    device = x.device
+    optimizer = model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
+    ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS[config.loss], x_test, y_test)
+    scheduler = SCHEDULES[config.schedule](ctx)
+    diagnostics = [DIAGNOSTICS[name](ctx) for name in config.diagnostics]
+    batches = _batches(config, device)
+
+    rows: list[tuple[int, str, int, float]] = []
+    diverged_step = None
+    for step in range(config.steps + 1):
+        idx = next(batches)
+        xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+        out, preacts = model(xb, return_preactivations=True)
+        loss = ctx.loss_fn(out, yb)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            diverged_step = step
+            break
+        is_last = step == config.steps
+        if step % config.record_every == 0 or is_last:
+            rows.append((step, "loss" if idx is None else "batch_loss", 0, loss_value))
+            rows.append((step, "lr", 0, optimizer.param_groups[-1]["lr"]))
+        if step % config.diagnostic_every == 0 or is_last:
+            with torch.no_grad():
+                if idx is not None:
+                    rows.append((step, "loss", 0, ctx.loss_fn(model(x), y).item()))
+                if x_test is not None:
+                    rows.extend((step, *r) for r in _test_metrics(ctx))
+            for diagnostic in diagnostics:
+                rows.extend((step, *r) for r in diagnostic(step, ctx, preacts if idx is None else None))
+        if is_last:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if not all(torch.isfinite(p.grad).all() for p in model.parameters()):
+            diverged_step = step
+            break
+        optimizer.step()
+        for diagnostic in diagnostics:
+            after_step = getattr(diagnostic, "after_step", None)
+            if after_step is not None:
+                rows.extend((step, *r) for r in after_step(step, ctx))
+        if scheduler is not None:
+            scheduler.step()
+    rows.extend(getattr(scheduler, "log_rows", ()))  # e.g. GeometricLR's schedule_eigenvalue / schedule_eta
+    if diverged_step is not None:
+        rows.append((diverged_step, "diverged", 0, float(diverged_step)))
+    df = pd.DataFrame(rows, columns=["step", "metric", "layer", "value"])
+    df = df.astype({"step": "int64", "layer": "int64", "value": "float64"})
+    return RunResult(config, df, diverged_step, ctx.state.get("extras", {}))
+
+
+def _test_metrics(ctx: TrainContext):
+    out = ctx.model(ctx.x_test)
+    rows = [("test_loss", 0, ctx.loss_fn(out, ctx.y_test).item())]
+    labels = ctx.y_test if ctx.config.loss == "ce" else ctx.y_test.argmax(dim=1)
+    if ctx.config.dataset != "teacher":
+        rows.append(("test_accuracy", 0, (out.argmax(dim=1) == labels).double().mean().item()))
+    return rows
+
+
+def _batches(config: RunConfig, device: torch.device):
+    """Index tensors of seeded mini-batches (reshuffled every epoch), or ``None`` forever for full batch."""
+    if config.batch_size is None or config.batch_size == config.n_train:
+        while True:
+            yield None
+    generator = torch.Generator().manual_seed(10_007 + config.seed)
+    while True:
+        perm = torch.randperm(config.n_train, generator=generator)
+        for start in range(0, config.n_train - config.batch_size + 1, config.batch_size):
+            yield perm[start:start + config.batch_size].to(device)
