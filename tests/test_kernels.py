@@ -32,7 +32,7 @@ def test_diagonal_closed_form(activation, sigma2_scale):
     norms = (x**2).sum(1).numpy() / x.shape[1]
     for depth in (1, 2, 5, 12):
         nngp = kernels.nngp_kernel(x, depth, activation, sigma2_scale=sigma2_scale)
-        theta = kernels.ntk_kernel(x, depth, activation, normalize_n=False, sigma2_scale=sigma2_scale)
+        theta = kernels.ntk_kernel(x, depth, activation, divide_by_n=False, sigma2_scale=sigma2_scale)
         np.testing.assert_allclose(np.diag(nngp), sigma2_scale ** (depth - 1) * norms, rtol=1e-12)
         np.testing.assert_allclose(np.diag(theta), depth * sigma2_scale ** (depth - 1) * norms, rtol=1e-12)
         k = kernels.ntk_kernel(x, depth, activation, sigma2_scale=sigma2_scale)

@@ -53,7 +53,7 @@ def test_empirical_ntk_against_explicit_jacobian(parameterization, activation):
     torch.testing.assert_close(kernel, expected, rtol=1e-12, atol=1e-13)
     for layer, j in zip(layers, jacobians):  # per-layer contributions = per-layer Jacobian blocks
         torch.testing.assert_close(layer, j @ j.T / x.shape[0], rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(ntk.empirical_ntk(model, x, normalize_n=False), expected * x.shape[0])
+    torch.testing.assert_close(ntk.empirical_ntk(model, x, divide_by_n=False), expected * x.shape[0])
     weights = [0.5, 2.0, 3.0]
     torch.testing.assert_close(ntk.empirical_ntk(model, x, layer_weights=weights),
                                sum(w * k for w, k in zip(weights, layers)))
@@ -68,7 +68,7 @@ def test_matvec_and_trace(activation):
         torch.testing.assert_close(ntk.ntk_matvec(model, x, v, method=method), kernel @ v, rtol=1e-12, atol=1e-13)
     out = ntk.ntk_matvec(model, x, v.reshape(6, 3))  # an (n, d_out) residual keeps its shape
     torch.testing.assert_close(out, (kernel @ v).reshape(6, 3))
-    torch.testing.assert_close(ntk.ntk_matvec(model, x, v, normalize_n=False), 6 * kernel @ v)
+    torch.testing.assert_close(ntk.ntk_matvec(model, x, v, divide_by_n=False), 6 * kernel @ v)
     total, per_layer = ntk.ntk_trace(model, x, per_layer=True, chunk_size=4)  # chunks of 4, 2 samples
     assert total == pytest.approx(float(torch.trace(kernel)), rel=1e-12)
     _, layers = ntk.empirical_ntk(model, x, return_layers=True)

@@ -2,7 +2,7 @@
 
 Layout: over ``n`` samples and ``d_out`` outputs,
 ``K[(i, o), (j, o')] = <df_o(x_i)/dtheta, df_o'(x_j)/dtheta> / n`` (the ``1/n`` of the paper;
-``normalize_n=False`` drops it), an ``(n*d_out, n*d_out)`` matrix in **sample-major** order:
+``divide_by_n=False`` drops it), an ``(n*d_out, n*d_out)`` matrix in **sample-major** order:
 row ``i*d_out + o``.  Vectors acting on it are flat ``n*d_out`` tensors in the same order (the
 ``reshape(-1)`` of an ``(n, d_out)`` tensor such as a residual ``f - y``).
 
@@ -67,7 +67,7 @@ def _forward(model: MLP, x: torch.Tensor):
 
 
 @torch.no_grad()
-def empirical_ntk(model: MLP, x: torch.Tensor, normalize_n: bool = True, return_layers: bool = False,
+def empirical_ntk(model: MLP, x: torch.Tensor, divide_by_n: bool = True, return_layers: bool = False,
                   layer_weights: Sequence[float] | None = None):
     """The empirical NTK ``(n*d_out, n*d_out)`` (sample-major, see the module docstring) of a nup MLP.
 
@@ -81,7 +81,7 @@ def empirical_ntk(model: MLP, x: torch.Tensor, normalize_n: bool = True, return_
     weights, a, d, out = _forward(model, x)
     n, d_out = out.shape
     c = model.multipliers
-    scale = 1.0 / n if normalize_n else 1.0
+    scale = 1.0 / n if divide_by_n else 1.0
     # B[i, o, :] = df_o(x_i)/dh_k, starting from the output layer where it is the identity.
     b = torch.eye(d_out, dtype=out.dtype, device=out.device).expand(n, d_out, d_out)
     total = torch.zeros(n * d_out, n * d_out, dtype=out.dtype, device=out.device)
@@ -101,7 +101,7 @@ def empirical_ntk(model: MLP, x: torch.Tensor, normalize_n: bool = True, return_
 
 
 @torch.no_grad()
-def ntk_trace(model: MLP, x: torch.Tensor, normalize_n: bool = True, per_layer: bool = False,
+def ntk_trace(model: MLP, x: torch.Tensor, divide_by_n: bool = True, per_layer: bool = False,
               chunk_size: int | None = None):
     """``trace K`` without forming ``K``: ``sum_k c_k^2 sum_i |a_{k-1,i}|^2 |B_k[i]|_F^2`` (/ n).
 
@@ -125,7 +125,7 @@ def ntk_trace(model: MLP, x: torch.Tensor, normalize_n: bool = True, per_layer: 
             per[k] += c[k] ** 2 * float((signal * activation).sum())
             if k > 0:
                 b = (b @ (c[k] * weights[k])) * d[k - 1][rows][:, None, :]
-    if normalize_n:
+    if divide_by_n:
         per /= n
     traces = per.tolist()
     return (sum(traces), traces) if per_layer else sum(traces)
@@ -139,7 +139,7 @@ class NTKOperator:
     model): ``torch.func.vjp`` then ``torch.func.jvp``.  ``n_products`` counts the products.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, normalize_n: bool = True, method: str = "auto",
+    def __init__(self, model: nn.Module, x: torch.Tensor, divide_by_n: bool = True, method: str = "auto",
                  layer_weights: Sequence[float] | None = None):
         check_choice("method", method, NTK_METHODS)
         check_model_data(model, x)
@@ -163,7 +163,7 @@ class NTKOperator:
         self.n, self.d_out = out.shape
         self.dim = self.n * self.d_out
         self.dtype, self.device = out.dtype, out.device
-        self.scale = 1.0 / self.n if normalize_n else 1.0
+        self.scale = 1.0 / self.n if divide_by_n else 1.0
         self.n_products = 0
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -202,39 +202,39 @@ class NTKOperator:
         return jvp_out.detach()
 
 
-def ntk_matvec(model: nn.Module, x: torch.Tensor, v: torch.Tensor, normalize_n: bool = True,
+def ntk_matvec(model: nn.Module, x: torch.Tensor, v: torch.Tensor, divide_by_n: bool = True,
                method: str = "auto") -> torch.Tensor:
     """``K v`` (``v`` flat of length ``n*d_out`` or ``(n, d_out)``; the result has ``v``'s shape).
     Build an ``NTKOperator`` to do many products on one model state."""
-    op = NTKOperator(model, x, normalize_n, method)
+    op = NTKOperator(model, x, divide_by_n, method)
     if not isinstance(v, torch.Tensor) or v.numel() != op.dim:
         raise ValueError(f"v has shape {tuple(getattr(v, 'shape', ()))}; it must have n*d_out = {op.dim} entries")
     return op.matvec(v).reshape(v.shape)
 
 
 def ntk_top_eigenvalues(model: nn.Module, x: torch.Tensor, k: int = 1, v0: torch.Tensor | None = None,
-                        tol: float = 1e-3, max_iter: int = 200, normalize_n: bool = True, method: str = "auto",
+                        tol: float = 1e-3, max_iter: int = 200, divide_by_n: bool = True, method: str = "auto",
                         max_basis: int | None = None, seed: int = 0) -> TopKResult:
     """The ``k`` largest eigenvalues of the empirical NTK by Lanczos on matrix-free products."""
     check_model_data(model, x)
     with torch.no_grad():
         d_out = model(x[:1]).shape[1]
     check_eigen_args(x.shape[0] * d_out, v0, tol, max_iter, k, max_basis)
-    op = NTKOperator(model, x, normalize_n, method)
+    op = NTKOperator(model, x, divide_by_n, method)
     return lanczos(op.matvec, op.dim, k, v0, tol, max_iter, max_basis, seed, op.dtype, op.device)
 
 
 def ntk_top_eigenvalue(model: nn.Module, x: torch.Tensor, v0: torch.Tensor | None = None, tol: float = 1e-3,
-                       max_iter: int = 200, normalize_n: bool = True, method: str = "auto",
+                       max_iter: int = 200, divide_by_n: bool = True, method: str = "auto",
                        seed: int = 0) -> EigenResult:
     """``lambda_max(K)`` with its flat eigenvector (length ``n*d_out``, sample-major); pass the previous
     ``EigenResult.vector`` as ``v0`` to warm-start.  ``n_products`` counts NTK-vector products."""
-    return ntk_top_eigenvalues(model, x, 1, v0, tol, max_iter, normalize_n, method, None, seed)[0]
+    return ntk_top_eigenvalues(model, x, 1, v0, tol, max_iter, divide_by_n, method, None, seed)[0]
 
 
-def ntk_condition_number(model: MLP, x: torch.Tensor, normalize_n: bool = True) -> float:
+def ntk_condition_number(model: MLP, x: torch.Tensor, divide_by_n: bool = True) -> float:
     """``lambda_max(K) / lambda_min(K)`` of the full empirical NTK (dense float64 ``eigh``; ``inf`` if singular)."""
-    return condition_number(empirical_ntk(model, x, normalize_n))
+    return condition_number(empirical_ntk(model, x, divide_by_n))
 
 
 def output_trace_kernel(kernel: torch.Tensor, d_out: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ return the per-output ``n x n2`` factor.  On the diagonal ``rho(1) = rho_dot(1) 
 ``Sigma^l(x, x) = s^(l-1) |x|^2/m_0`` and ``Theta^l(x, x) = l s^(l-1) |x|^2/m_0``.
 
 The paper's NTK matrix carries a ``1/n`` (``K = Theta/n`` over ``n`` samples): ``ntk_kernel``
-applies it unless ``normalize_n=False``.
+applies it unless ``divide_by_n=False``.
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ def nngp_kernel(x: ArrayLike, depth: int, activation: str | Activation = "relu",
 
 
 def ntk_kernel(x: ArrayLike, depth: int, activation: str | Activation = "relu", x2: ArrayLike | None = None,
-               normalize_n: bool = True, sigma2_scale: float = 1.0, all_depths: bool = False) -> np.ndarray:
+               divide_by_n: bool = True, sigma2_scale: float = 1.0, all_depths: bool = False) -> np.ndarray:
     """Infinite-width NTK per output, ``Theta^depth / n`` (``n = len(x)``), or ``Theta^depth`` with
-    ``normalize_n=False``; float64 ``(n, n2)`` (``(depth, n, n2)`` with ``all_depths``)."""
+    ``divide_by_n=False``; float64 ``(n, n2)`` (``(depth, n, n2)`` with ``all_depths``)."""
     theta = kernels(x, depth, activation, x2, sigma2_scale, all_depths)[1]
-    return theta / theta.shape[-2] if normalize_n else theta
+    return theta / theta.shape[-2] if divide_by_n else theta
 
 
 def condition_number(kernel: ArrayLike) -> float:
