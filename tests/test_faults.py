@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import joblib
 import pytest
+import torch
 from pandas.testing import assert_frame_equal
 
 import nup.training.cache
@@ -33,6 +35,8 @@ from nup.training.cache import is_cached, run
 from helpers import count_trains
 from nup.training.sweep import sweep
 from nup.training.schedules import SCHEDULES
+from nup.training.config import LOSS_FUNCTIONS
+from nup.training.loop import gradients_finite
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -286,3 +290,62 @@ def test_a_worker_that_cannot_write_its_start_marker_still_runs():
     index, outcome = nup.training.sweep._run_one(7, RunConfig(**BASE), False, "/nonexistent", 1, "/nonexistent/markers")
     assert index == 7 and outcome.error is None
     assert_frame_equal(outcome.result.df, train(RunConfig(**BASE)).df)
+
+
+class PoisonGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``factor`` on the ``at``-th backward pass
+    (0-based), so the loss stays finite while the gradient does not."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x, at, factor):
+        ctx.at, ctx.factor = at, factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hit = PoisonGradient.calls == ctx.at
+        PoisonGradient.calls += 1
+        return (grad * ctx.factor if hit else grad), None, None
+
+
+def poisoned_loss(at: int, factor: float):
+    from nup.training.config import mse_loss
+
+    PoisonGradient.calls = 0
+    return lambda out, y: mse_loss(PoisonGradient.apply(out, at, factor), y)
+
+
+@pytest.mark.parametrize("factor", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_gradient_with_a_finite_loss_stops_the_run_at_that_step(factor, monkeypatch):
+    config = RunConfig(**dict(BASE, steps=12), diagnostics=("updates",), diagnostic_every=1)
+    clean = train(config).df
+    monkeypatch.setitem(LOSS_FUNCTIONS, "mse", poisoned_loss(at=5, factor=factor))
+    result = train(config)
+    assert result.diverged_step == 5
+    df = result.df
+    assert df[df.metric == "diverged"].step.tolist() == [5]
+    assert df[df.metric == "loss"].step.tolist() == list(range(6))  # the loss at step 5 was finite
+    assert df.step.max() == 5
+    # No update was taken at step 5 (no update rows there) and everything before is the clean run's.
+    assert not ((df.step == 5) & (df.metric == "update_norm")).any()
+    before = df[df.step < 5].reset_index(drop=True)
+    assert_frame_equal(before, clean[clean.step < 5].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("values, finite", [
+    ([[1.0, 2.0], [3.0]], True),
+    ([[1e30, -1e30], [3e38]], True),  # finite, though the squares (and the fused 2-norm) overflow
+    ([[1.0, math.nan], [3.0]], False),
+    ([[1.0, 2.0], [math.inf]], False),
+    ([[1e30, 1e30], [-math.inf]], False),
+])
+def test_gradients_finite_is_exact(values, finite):
+    params = []
+    for v in values:
+        p = torch.zeros(len(v), requires_grad=True)
+        p.grad = torch.tensor(v)
+        params.append(p)
+    params.append(torch.zeros(2, requires_grad=True))  # no gradient: ignored
+    assert gradients_finite(params) is finite

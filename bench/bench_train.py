@@ -1,0 +1,153 @@
+"""Benchmark: the cost of ``nup.train`` over a bare torch loop, and of each diagnostic.
+
+    python bench/bench_train.py [--quick] [--repeats N]      (``make bench`` runs the full size)
+
+Every number printed is a RATIO of timings taken in this process, round-robin and best of
+``--repeats`` (other load on a shared machine only ever adds time, so the fastest run is the least
+disturbed one); absolute times are printed beside them for scale only.
+
+1. ``train(config)`` against a bare torch loop on the same model, data and optimizer (forward,
+   ``loss.item()``, ``zero_grad``, ``backward``, ``step``; both include building the model and
+   data), for νP at depths 8 and 16 (``m = 8``, hidden widths ``k^2 m``) and a width-256 depth-8
+   NTK network, all on 256 Fashion-MNIST samples; goal: at most 1.05.  The row "per-tensor check"
+   is ``train()`` with the divergence check it had before (``isfinite(...).all()`` on every
+   gradient tensor) for comparison.
+2. Each diagnostic's cost as a share of a training step, at ``diagnostic_every=10`` (the
+   default): ``(T_with - T_without) / T_without`` over the run, and the cost of one call in steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from nup import RunConfig, train  # noqa: E402
+from nup.diagnostics import DIAGNOSTICS  # noqa: E402
+from nup.training.config import LOSS_FUNCTIONS  # noqa: E402
+from nup.training.loop import build_model_and_data  # noqa: E402
+
+loop = importlib.import_module("nup.training.loop")
+
+
+def round_robin(fns: dict, repeats: int) -> dict[str, float]:
+    """Best wall time of each callable over ``repeats`` round-robin passes."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def bare_loop(config: RunConfig) -> float:
+    """The same run as ``train(config)`` without recording, checks or diagnostics; the final loss."""
+    torch.manual_seed(config.seed)
+    model, x, y, _, _ = build_model_and_data(config)
+    optimizer = model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
+    loss_fn = LOSS_FUNCTIONS[config.loss]
+    for step in range(config.steps + 1):
+        loss = loss_fn(model(x), y)
+        value = loss.item()
+        if step == config.steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return value
+
+
+def per_tensor_check(params) -> bool:
+    """The divergence check ``train()`` had before: one pass and one host sync per gradient tensor."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+
+
+def train_with_per_tensor_check(config: RunConfig):
+    fused = loop.gradients_finite
+    loop.gradients_finite = per_tensor_check
+    try:
+        return train(config)
+    finally:
+        loop.gradients_finite = fused
+
+
+def final_loss(result) -> float:
+    return float(result.metric("loss").iloc[-1])
+
+
+SETUPS = {  # name: (config, steps, quick steps)
+    "νP depth 8, m=8": (dict(parameterization="nup", width=8, depth=8), 100, 30),
+    "νP depth 16, m=8": (dict(parameterization="nup", width=8, depth=16), 20, 6),
+    "NTK depth 8, width 256": (dict(parameterization="ntk", width=256, depth=8), 100, 30),
+}
+
+
+def bench_overhead(args) -> None:
+    print("\n== 1. train() against a bare torch loop (same model, data, optimizer) ==")
+    print(f"  {'setup':24s} {'params':>10s} {'steps':>5s} {'bare s/step':>12s} {'train/bare':>11s} "
+          f"{'per-tensor check/bare':>22s}")
+    for name, (options, steps, quick_steps) in SETUPS.items():
+        config = RunConfig(**options, n_train=256, lr=0.05, steps=quick_steps if args.quick else steps)
+        n_params = sum(p.numel() for p in build_model_and_data(config)[0].parameters())
+        same = final_loss(train(config)) == bare_loop(config)
+        best = round_robin({"bare": lambda: bare_loop(config), "train": lambda: train(config),
+                            "old": lambda: train_with_per_tensor_check(config)}, args.repeats)
+        print(f"  {name:24s} {n_params:10,d} {config.steps:5d} {best['bare'] / (config.steps + 1):12.4f} "
+              f"{best['train'] / best['bare']:11.3f} {best['old'] / best['bare']:22.3f}"
+              f"{'' if same else '   (final losses differ!)'}")
+    print("  goal: train/bare <= 1.05")
+
+
+def bench_diagnostics(args) -> None:
+    print("\n== 2. Each diagnostic's cost as a share of a training step (diagnostic_every=10) ==")
+    setups = {"NTK depth 8, width 256": dict(parameterization="ntk", width=256, depth=8),
+              "νP depth 8, m=8": dict(parameterization="nup", width=8, depth=8)}
+    steps = 30 if args.quick else 100
+    for name, options in setups.items():
+        base = RunConfig(**options, n_train=256, lr=0.05, steps=steps, diagnostic_every=10, probe_size=64)
+        calls = len(range(0, steps + 1, 10))
+        fns = {"none": lambda: train(base)}
+        for diagnostic in DIAGNOSTICS:
+            fns[diagnostic] = (lambda d: lambda: train(base.replace(diagnostics=(d,))))(diagnostic)
+        best = round_robin(fns, args.repeats)
+        step_time = best["none"] / (steps + 1)
+        print(f"  {name} ({steps} steps, {calls} diagnostic steps; one step {step_time * 1e3:.2f} ms):")
+        print(f"    {'diagnostic':16s} {'share of a step':>16s} {'one call, in steps':>19s}")
+        for diagnostic in DIAGNOSTICS:
+            extra = best[diagnostic] - best["none"]
+            print(f"    {diagnostic:16s} {extra / best['none']:16.3f} {extra / calls / step_time:19.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
+    parser.add_argument("--repeats", type=int, default=None, help="round-robin passes (default 5, quick 3)")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: overhead,diagnostics")
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 5
+    if args.repeats < 1:
+        raise ValueError(f"--repeats={args.repeats} is not allowed; give an integer >= 1")
+    skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {"overhead", "diagnostics"}
+    if unknown:
+        raise ValueError(f"--skip={args.skip!r} is not allowed; choose from overhead, diagnostics")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default; ratios of best-of-"
+          f"{args.repeats} round-robin timings in this process")
+    if "overhead" not in skip:
+        bench_overhead(args)
+    if "diagnostics" not in skip:
+        bench_diagnostics(args)
+
+
+if __name__ == "__main__":
+    main()
