@@ -14,6 +14,8 @@ disturbed one); absolute times are printed beside them for scale only.
    gradient tensor) for comparison.
 2. Each diagnostic's cost as a share of a training step, at ``diagnostic_every=10`` (the
    default): ``(T_with - T_without) / T_without`` over the run, and the cost of one call in steps.
+   ``updates_every_step`` (registered here only) is ``"updates"`` at every step, as it ran before
+   it honoured ``diagnostic_every``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from nup import RunConfig, train  # noqa: E402
 from nup.diagnostics import DIAGNOSTICS  # noqa: E402
+from nup.diagnostics.updates import EveryStepUpdateTracker  # noqa: E402
 from nup.training.config import LOSS_FUNCTIONS  # noqa: E402
 from nup.training.loop import build_model_and_data  # noqa: E402
 
@@ -112,17 +115,19 @@ def bench_diagnostics(args) -> None:
     setups = {"NTK depth 8, width 256": dict(parameterization="ntk", width=256, depth=8),
               "νP depth 8, m=8": dict(parameterization="nup", width=8, depth=8)}
     steps = 30 if args.quick else 100
+    DIAGNOSTICS.setdefault("updates_every_step", EveryStepUpdateTracker)
+    names = list(DIAGNOSTICS)
     for name, options in setups.items():
         base = RunConfig(**options, n_train=256, lr=0.05, steps=steps, diagnostic_every=10, probe_size=64)
         calls = len(range(0, steps + 1, 10))
         fns = {"none": lambda: train(base)}
-        for diagnostic in DIAGNOSTICS:
+        for diagnostic in names:
             fns[diagnostic] = (lambda d: lambda: train(base.replace(diagnostics=(d,))))(diagnostic)
         best = round_robin(fns, args.repeats)
         step_time = best["none"] / (steps + 1)
         print(f"  {name} ({steps} steps, {calls} diagnostic steps; one step {step_time * 1e3:.2f} ms):")
         print(f"    {'diagnostic':16s} {'share of a step':>16s} {'one call, in steps':>19s}")
-        for diagnostic in DIAGNOSTICS:
+        for diagnostic in names:
             extra = best[diagnostic] - best["none"]
             print(f"    {diagnostic:16s} {extra / best['none']:16.3f} {extra / calls / step_time:19.2f}")
 

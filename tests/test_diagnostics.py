@@ -14,12 +14,15 @@ import importlib
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import nup
 from nup import RunConfig, train
-from nup.training.config import LOSS_FUNCTIONS
+from nup.linalg.tangent_kernel import empirical_ntk
+from nup.diagnostics.updates import EveryStepUpdateTracker, UpdateTracker
+from nup.training.config import LOSS_FUNCTIONS, TrainContext
 from nup.training.loop import load_data
 
 nup_train = importlib.import_module("nup.training.loop")
@@ -61,9 +64,10 @@ def np_cos(u, v):
     return float(u @ v / (nu * nv)) if nu > 0 and nv > 0 else math.nan
 
 
+@pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_update_diagnostics_match_float64_snapshots(case):
-    config = RunConfig(**TINY, **CASES[case], diagnostics=("updates",))
+def test_update_diagnostics_match_float64_snapshots(case, every):
+    config = RunConfig(**TINY, **CASES[case], diagnostics=("updates",), diagnostic_every=every)
     df = train(config).df
     snapshots, losses = manual_snapshots(config)
     # The hand-made trajectory is the recorded one.
@@ -76,9 +80,10 @@ def test_update_diagnostics_match_float64_snapshots(case):
     for layer in range(config.depth + 1):
         cos_cum, cos_con = recorded(df, "cos_cumulative", layer), recorded(df, "cos_consecutive", layer)
         norms, dist = recorded(df, "update_norm", layer), recorded(df, "distance_from_init", layer)
-        assert sorted(cos_cum) == list(range(config.steps))  # one row per update taken
-        assert sorted(cos_con) == list(range(1, config.steps))
-        for t in range(config.steps):
+        recorded_steps = list(range(0, config.steps, every))  # diagnostic steps that take an update
+        assert sorted(cos_cum) == sorted(norms) == sorted(dist) == recorded_steps
+        assert sorted(cos_con) == recorded_steps[1:]
+        for t in recorded_steps:
             delta = flat(t + 1, layer) - flat(t, layer)
             cumulative = flat(t, layer) - flat(0, layer)
             assert norms[t] == pytest.approx(np.linalg.norm(delta), rel=1e-10, abs=1e-14)
@@ -105,14 +110,70 @@ def test_cosines_are_not_trivial():
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_distance_identity_on_recorded_runs(case, dtype, rel):
     """``|D_{t+1}|^2 = |D_t|^2 + |Delta_t|^2 + 2 |Delta_t| |D_t| cos_t``, per layer and globally."""
-    config = RunConfig(**dict(TINY, dtype=dtype, steps=25), **CASES[case], diagnostics=("updates",))
+    config = RunConfig(**dict(TINY, dtype=dtype, steps=25), **CASES[case], diagnostics=("updates",),
+                       diagnostic_every=1)
     df = train(config).df
     for layer in range(config.depth + 1):
         d, u, c = (recorded(df, m, layer) for m in ("distance_from_init", "update_norm", "cos_cumulative"))
         for t in range(config.steps - 1):
             cross = 0.0 if t == 0 else 2 * u[t] * d[t] * c[t]
-            assert d[0] == 0 and (t > 0 or math.isnan(c[t]))
             assert d[t + 1] ** 2 == pytest.approx(d[t] ** 2 + u[t] ** 2 + cross, rel=rel)
+        # The cosines carry weight (about 0.3-0.5 of |D_{t+1}|^2 here): a wrong cos_t breaks the identity.
+        assert max(abs(2 * u[t] * d[t] * c[t]) / d[t + 1] ** 2 for t in range(1, config.steps - 1)) > 0.1
+
+
+UPDATE_METRICS = ["update_norm", "distance_from_init", "cos_cumulative", "cos_consecutive"]
+
+
+def update_rows(df):
+    return df[df.metric.isin(UPDATE_METRICS)].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("every", [2, 3, 10, 30])
+@pytest.mark.parametrize("case", ["nup per_layer", "mup momentum"])
+def test_updates_at_diagnostic_steps_equal_the_every_step_rows_exactly(case, every):
+    """Honouring ``diagnostic_every`` changes which steps are recorded, never a value: cos_consecutive
+    at step t is still cos(Delta_t, Delta_{t-1}), from a copy of theta_{t-1}."""
+    config = RunConfig(**dict(TINY, dtype="float32", steps=25), **CASES[case], diagnostics=("updates",))
+    every_step = update_rows(train(config.replace(diagnostic_every=1)).df)
+    sparse = update_rows(train(config.replace(diagnostic_every=every)).df)
+    expected = every_step[every_step.step % every == 0].reset_index(drop=True)
+    assert sorted(set(sparse.step)) == list(range(0, config.steps, every))
+    pd.testing.assert_frame_equal(sparse, expected, check_exact=True)
+
+
+def test_every_step_update_tracker_ignores_diagnostic_every(monkeypatch):
+    monkeypatch.setitem(nup.DIAGNOSTICS, "updates_every_step", EveryStepUpdateTracker)
+    config = RunConfig(**TINY, **CASES["nup global"], diagnostic_every=5)
+    every_step = update_rows(train(config.replace(diagnostics=("updates",), diagnostic_every=1)).df)
+    df = update_rows(train(config.replace(diagnostics=("updates_every_step",))).df)
+    pd.testing.assert_frame_equal(df, every_step, check_exact=True)
+
+
+def test_update_tracker_every_is_validated():
+    config = RunConfig(**TINY)
+    model, x, y, _, _ = nup_train.build_model_and_data(config)
+    ctx = TrainContext(config, model, None, x, y, LOSS_FUNCTIONS["mse"])
+    with pytest.raises(ValueError, match="every=0 is out of range"):
+        UpdateTracker(ctx, every=0)
+
+
+def test_update_tracker_holds_at_most_three_weight_copies():
+    """theta_0, theta_t and one of theta_{t-1} / Delta_{t-1}: never one copy per step."""
+    config = RunConfig(**dict(TINY, steps=40), **CASES["ntk plain GD"], diagnostic_every=7)
+    model, x, y, _, _ = nup_train.build_model_and_data(config)
+    optimizer = model.parameterization.optimizer(model, config.lr)
+    ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS["mse"])
+    tracker = UpdateTracker(ctx)
+    for step in range(config.steps):
+        tracker(step, ctx, None)
+        loss = ctx.loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tracker.after_step(step, ctx)
+        held = [tracker.initial, tracker.before, tracker.earlier, tracker.update[1] if tracker.update else None]
+        assert sum(h is not None and h is not tracker.initial for h in held) <= 2
 
 
 def _zero_loss_run(monkeypatch, perturb: float):
@@ -143,7 +204,20 @@ def test_ntk_change_is_zero_when_training_leaves_the_network_unchanged(monkeypat
 def test_ntk_change_is_positive_when_the_network_trains(monkeypatch):
     df = _zero_loss_run(monkeypatch, perturb=1.0)
     change = recorded(df, "ntk_change", 0)
-    assert change[0] == 0 and change[8] > 1e-4
+    assert change[8] > 1e-4
+    # |K_8 - K_0|_F/|K_0|_F on the probe batch of the same run trained by hand (plain GD, y = f_0(x) + 1).
+    config = RunConfig(**dict(TINY, steps=8), parameterization="ntk", lr=0.5)
+    x, _, _ = load_data(config, torch.device("cpu"), torch.float64)
+    model = config.build_parameterization().build(x.shape[1], 1, 3, 3, "relu", seed=0, dtype=torch.float64)
+    y = model(x).detach() + 1.0
+    k0 = empirical_ntk(model, x[:8])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(8):
+        optimizer.zero_grad()
+        nup.mse_loss(model(x), y).backward()
+        optimizer.step()
+    expected = torch.linalg.matrix_norm(empirical_ntk(model, x[:8]) - k0) / torch.linalg.matrix_norm(k0)
+    assert change[8] == pytest.approx(float(expected), rel=1e-9)
 
 
 def test_preactivation_change_against_a_direct_forward_pass():
