@@ -37,10 +37,27 @@ def test_frame_layout(frame):
     assert dict(zip(frame.label, frame.parameterization)) == {"νP": "nup", "NTK": "ntk"}
 
 
-def test_changes_are_zero_at_step_zero_and_positive_after(frame):
+def test_changes_against_a_trajectory_trained_by_hand(frame):
+    """``preact_change`` after 1 and 2 steps against forward passes of the model trained by hand (the step-0
+    rows are 0 by construction); plain GD for NTK, per-layer normalized steps ``lr G/|G|_F`` for νP."""
     change = frame[frame.metric.isin(["preact_change", "delta_rms"])]
-    assert (change[change.step == 0].value == 0).all()
     assert (change[change.step == 2].value > 0).all()
+    for label, name, lr in (("NTK", "ntk", 0.3), ("νP", "nup", 0.2)):
+        config = nup.RunConfig(parameterization=name, depth=4, width=2, seed=1, lr=lr, **TINY)
+        x, y, _ = load_data(config, torch.device("cpu"), torch.float64)
+        model = config.build_parameterization().build(x.shape[1], 1, 4, 2, "relu", seed=1, dtype=torch.float64)
+        d = frame[(frame.label == label) & (frame.depth == 4) & (frame.width == 2) & (frame.seed == 1)]
+        with torch.no_grad():
+            h0 = model(x, return_preactivations=True)[1]
+        for step in (1, 2):
+            grads = torch.autograd.grad(nup.mse_loss(model(x), y), list(model.parameters()))
+            with torch.no_grad():
+                for p, g in zip(model.parameters(), grads):
+                    p -= lr * (g if name == "ntk" else g / g.norm())
+                hs = model(x, return_preactivations=True)[1]
+            for k, (h, first) in enumerate(zip(hs, h0), start=1):
+                got = d[(d.metric == "preact_change") & (d.layer == k) & (d.step == step)].value.item()
+                assert got == pytest.approx(float((h - first).norm() / first.norm()), rel=1e-9)
 
 
 def test_values_match_a_direct_forward_pass(frame):
