@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Progress bars stay on for people, off in headless runs (tqdm reads TQDM_* defaults from the environment).
 HEADLESS := TQDM_DISABLE=1 MPLBACKEND=Agg
 
-.PHONY: all venv data figures test unit notebooks-ci bench lab clean clean-all
+.PHONY: all venv data figures test unit expected bench lab clean clean-all
 all: figures
 
 venv: $(STAMP)
@@ -15,17 +15,21 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
+	# Kernels log only errors: no "running over TCP without encryption" warning (kernels run on localhost).
+	mkdir -p $(VENV)/etc/ipython && echo 'c.IPKernelApp.log_level = "ERROR"' > $(VENV)/etc/ipython/ipython_kernel_config.py
 	touch $@
 
 data: venv
 	$(PY) scripts/fetch_data.py
 
-# Execute every notebook at full size, in place, writing all plots into figures/.
+# Execute every notebook at full size, writing all plots into figures/; each notebook is replaced only
+# after it ran without error (scripts/run_notebooks.py), so a killed or failing run leaves it as it was.
 figures: venv data
 	$(HEADLESS) $(PY) scripts/run_notebooks.py --size full
 
 # Unit tests, the committed notebooks' outputs, and each notebook re-run at the reduced size of params/
-# (papermill), whose claim cells nbval then re-executes and compares.
+# (papermill): its verdicts must equal tests/expected/ (refresh with `make expected` after an intended
+# change), and nbval re-executes it and compares the claim cell (same text twice).
 test: venv data
 	rm -rf build/ci
 	$(HEADLESS) $(PY) scripts/run_notebooks.py --size ci --out build/ci
@@ -38,9 +42,17 @@ bench: venv data
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/bench_eigen.py
 
-lab: venv
+# The verdicts of the reduced runs become the expectation that `make test` checks.
+expected: venv data
+	rm -rf build/ci
+	$(HEADLESS) $(PY) scripts/run_notebooks.py --size ci --out build/ci
+	$(PY) scripts/run_notebooks.py --write-expected build/ci
+
+# JupyterLab on the repository root (so figures/ and the README are browsable), opened on notebooks/.
+# --allow-root: containers often run as root. Bound to localhost only.
+lab: venv data
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
-	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+	$(PY) -m jupyter lab --ip=127.0.0.1 --allow-root --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 clean:
 	rm -rf build results .pytest_cache

@@ -1,12 +1,17 @@
 """Execute the numbered notebooks headlessly with papermill.
 
-    python scripts/run_notebooks.py --size full            # in place, full size: make figures
-    python scripts/run_notebooks.py --size ci --out build/ci   # reduced size from params/: make test
+    python scripts/run_notebooks.py --size full                 # make figures: the committed notebooks
+    python scripts/run_notebooks.py --size ci --out build/ci    # make test: reduced sizes from params/
+    python scripts/run_notebooks.py --write-expected build/ci   # make expected: refresh tests/expected/
 
-Full-size runs overwrite ``notebooks/NN_*.ipynb`` (outputs included, for readers and nbval)
-and write figures to ``figures/``; reduced runs write copies and figures under ``--out``, so
-they never touch the committed notebooks or figures.  papermill's timing metadata is stripped
-from every notebook written, so reruns give clean diffs.
+Full-size runs replace ``notebooks/NN_*.ipynb`` (outputs included, for readers and nbval) and write
+figures to ``figures/``; reduced runs write copies and figures under ``--out``, so they never touch
+the committed notebooks or figures.
+
+Every notebook executes into a temporary file under ``build/running/`` and replaces its destination
+by a rename only when every cell ran without error: a kill, a crash or a failing cell leaves the
+previous notebook as it was (papermill rewrites its output file as it goes, so executing in place
+would leave it half-run).  papermill's timing metadata is stripped, so reruns give clean diffs.
 """
 
 from __future__ import annotations
@@ -24,17 +29,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
+EXPECTED = ROOT / "tests" / "expected"
+RUNNING = ROOT / "build" / "running"
 
 
-def strip_metadata(path: Path) -> None:
-    """Drop papermill's run metadata (timings, paths) and saved widget state (progress bars) in place."""
-    nb = nbformat.read(path, as_version=4)
+def strip_metadata(nb) -> None:
+    """Drop papermill's run metadata (timings, paths) and saved widget state (progress bars)."""
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
-    nbformat.write(nb, path)
 
 
 def reduced_parameters(notebook: Path) -> dict:
@@ -42,12 +47,50 @@ def reduced_parameters(notebook: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
 
 
+def claim_text(nb) -> str:
+    """What the claim cell (the last code cell) printed."""
+    cell = [c for c in nb.cells if c.cell_type == "code"][-1]
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def execute(notebook: Path, output: Path, parameters: dict) -> None:
+    """Run ``notebook`` into ``output`` atomically: ``output`` is replaced only after a clean run."""
+    RUNNING.mkdir(parents=True, exist_ok=True)
+    running = RUNNING / f"{output.stem}.{os.getpid()}.ipynb"
+    try:
+        pm.execute_notebook(notebook, running, parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
+                            progress_bar=False, log_output=False)
+        nb = nbformat.read(running, as_version=4)
+        strip_metadata(nb)
+        nbformat.write(nb, running)
+        os.replace(running, output)
+    finally:
+        running.unlink(missing_ok=True)
+
+
+def write_expected(reduced_dir: Path) -> int:
+    EXPECTED.mkdir(parents=True, exist_ok=True)
+    for notebook in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        reduced = reduced_dir / notebook.name
+        if not reduced.exists():
+            print(f"no reduced run of {notebook.name} in {reduced_dir}: run `make test` (or --size ci) first")
+            return 1
+        text = claim_text(nbformat.read(reduced, as_version=4))
+        (EXPECTED / f"{notebook.stem}.txt").write_text(text)
+        print(f"tests/expected/{notebook.stem}.txt <- {reduced}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("full", "ci"), default="full")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "ci", help="output folder for --size ci")
+    parser.add_argument("--write-expected", type=Path, metavar="REDUCED_DIR",
+                        help="copy the claim output of the reduced runs in REDUCED_DIR to tests/expected/")
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/[0-9][0-9]_*.ipynb")
     args = parser.parse_args(argv)
+    if args.write_expected:
+        return write_expected(args.write_expected.resolve())
     notebooks = [p.resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.size == "ci":
         args.out = args.out.resolve()
@@ -58,9 +101,7 @@ def main(argv=None) -> int:
         parameters = reduced_parameters(notebook) if args.size == "ci" else {}
         start = time.perf_counter()
         print(f"[{args.size}] {notebook.name} {parameters or ''}", flush=True)
-        pm.execute_notebook(notebook, output, parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
-                            progress_bar=False, log_output=False)
-        strip_metadata(output)
+        execute(notebook, output, parameters)
         print(f"[{args.size}] {notebook.name} done in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

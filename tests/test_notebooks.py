@@ -1,12 +1,14 @@
-"""The committed notebooks: structure, outputs, claim cells, and agreement with the README.
+"""The committed notebooks: structure, outputs, inline figures, claim cells, and the regression test of
+the reduced runs' verdicts.
 
-``make test`` also re-runs each notebook at the reduced size of ``params/`` into ``build/ci``
-(``$NUP_REDUCED_DIR``) and nbval re-executes those copies (same claim text twice).  Here the
-reduced claim cells must make the same statements as the committed full-size ones; their
-True/False may differ, since some claims only show at full size, so the verdicts that count
-are the committed full-size ones, which the README must report verbatim.
+``make test`` re-runs each notebook at the reduced size of ``params/`` into ``build/ci``
+(``$NUP_REDUCED_DIR``).  Its claim cell must print exactly the verdicts committed in
+``tests/expected/<notebook>.txt``: a change to ``nup`` that flips a verdict fails here, naming the
+notebook and the line.  After an intended change, ``make expected`` refreshes those files (review the
+diff before committing).  The committed full-size verdicts are the ones the README reports.
 """
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -16,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-VERDICT = re.compile(r"^.+: (True|False)$")
+EXPECTED = ROOT / "tests" / "expected"
+VERDICT = re.compile(r"^.+: (True|False|undecided)$")
+MAX_CELL_LINES = 25
 
 
 def _code_cells(nb):
@@ -48,6 +52,27 @@ def test_notebook_structure_and_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_saved_figure_is_shown_inline(path):
+    code = _code_cells(nbformat.read(path, as_version=4))
+    saves = sum(c.source.count("savefig(") for c in code)
+    images = sum(1 for c in code for o in c.outputs if "image/png" in o.get("data", {}))
+    assert saves > 0, "a notebook shows its evidence in at least one figure"
+    assert images == saves, f"{saves} savefig calls but {images} inline PNG outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_thin(path):
+    """Parameters, one validation call, run, plots, claims: the analysis lives in nup.experiments."""
+    code = _code_cells(nbformat.read(path, as_version=4))
+    for i, cell in enumerate(code):
+        lines = cell.source.splitlines()
+        assert len(lines) <= MAX_CELL_LINES, f"code cell {i} has {len(lines)} lines (at most {MAX_CELL_LINES})"
+        defined = re.findall(r"^(?:def|class) (\w+)", cell.source, flags=re.M)
+        assert not defined, f"code cell {i} defines {defined}: put analysis helpers in nup.experiments"
+    assert ".SCHEMA.validate(globals())" in code[1].source, "the second code cell validates the parameters"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_claim_cell_is_a_list_of_verdicts_stated_in_the_readme(path):
     lines = claim_text(nbformat.read(path, as_version=4)).strip().splitlines()
     assert lines, "the claim cell printed nothing"
@@ -62,15 +87,30 @@ def _statements(text):
     return [line.rsplit(": ", 1)[0] for line in text.strip().splitlines()]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_reduced_run_makes_the_committed_statements(path):
+def _reduced(path):
     reduced_dir = os.environ.get("NUP_REDUCED_DIR")
     if not reduced_dir:
         pytest.skip("NUP_REDUCED_DIR is not set: `make test` sets it after running the reduced notebooks")
     reduced = Path(reduced_dir)
     if not reduced.is_absolute():
         reduced = ROOT / reduced
-    reduced_nb = nbformat.read(reduced / path.name, as_version=4)
-    reduced_text = claim_text(reduced_nb)
+    return nbformat.read(reduced / path.name, as_version=4)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reduced_run_makes_the_committed_statements(path):
+    reduced_text = claim_text(_reduced(path))
     assert all(VERDICT.match(line) for line in reduced_text.strip().splitlines()), reduced_text
     assert _statements(reduced_text) == _statements(claim_text(nbformat.read(path, as_version=4)))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reduced_run_verdicts_equal_the_expectation(path):
+    expected_file = EXPECTED / f"{path.stem}.txt"
+    assert expected_file.exists(), f"no {expected_file.relative_to(ROOT)}: run `make expected` and commit it"
+    expected = expected_file.read_text().strip().splitlines()
+    actual = claim_text(_reduced(path)).strip().splitlines()
+    if actual != expected:
+        diff = "\n".join(difflib.unified_diff(expected, actual, "expected", "reduced run", lineterm="", n=0))
+        pytest.fail(f"{path.name}: the reduced run's verdicts differ from {expected_file.relative_to(ROOT)}:\n{diff}\n"
+                    "If the change is intended, run `make expected` and commit the new expectation.")

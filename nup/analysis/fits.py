@@ -1,0 +1,130 @@
+"""Fits with their uncertainty: power laws, and percentile bootstraps over independent replicates (seeds).
+
+* ``power_law(x, y)``: least squares of ``log y = p log x + log c``; returns ``PowerLaw(exponent, prefactor)``.
+* ``bootstrap(replicates, statistic)``: the percentile interval of ``statistic`` over resamples of the
+  replicates (rows of an array or groups of a frame), with a fixed seed, so it is reproducible.
+* ``power_law_bootstrap(frame, x, y, replicate)``: the exponent of the mean-over-replicates curve and its
+  bootstrap interval, resampling whole replicates (seeds), which keeps each seed's curve intact.
+* ``ratio_bootstrap``: the ratio of two means with its interval.
+
+Why seeds and not points: the points of one curve share a network, so they are not independent;
+resampling whole seeds is the honest unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nup.validation import check_int
+
+__all__ = ["PowerLaw", "power_law", "bootstrap", "Estimate", "power_law_bootstrap", "mean_bootstrap",
+           "ratio_bootstrap"]
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    exponent: float
+    prefactor: float
+
+    def __call__(self, x):
+        return self.prefactor * np.asarray(x, dtype=float) ** self.exponent
+
+
+def power_law(x, y) -> PowerLaw:
+    """Least-squares fit of ``y = c x^p`` in log-log space; needs at least two distinct ``x > 0`` and ``y > 0``."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-d of equal length, got shapes {x.shape} and {y.shape}")
+    if len(np.unique(x)) < 2 or np.any(x <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
+        raise ValueError("power_law needs at least two distinct x > 0 and finite y > 0")
+    p, log_c = np.polyfit(np.log(x), np.log(y), 1)
+    return PowerLaw(float(p), float(math.exp(log_c)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a percentile interval ``(low, high)`` at ``level``."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+
+def bootstrap(replicates, statistic: Callable, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """Percentile bootstrap: ``statistic(sample)`` on the replicates and on ``n_boot`` resamples (with
+    replacement) of them.  ``replicates`` is an array (resampled along axis 0) or a list of frames
+    (resampled as a list).  A resample whose statistic is not finite is dropped; the interval is NaN if
+    more than a tenth are."""
+    check_int("n_boot", n_boot, minimum=10)
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r} is not allowed; level must be in (0, 1)")
+    is_list = isinstance(replicates, list)
+    data = replicates if is_list else np.asarray(replicates, dtype=float)
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"bootstrap needs at least 2 replicates, got {n}")
+    value = float(statistic(data))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        sample = [data[i] for i in idx] if is_list else data[idx]
+        stats.append(float(statistic(sample)))
+    return _percentile_estimate(value, stats, level)
+
+
+def _percentile_estimate(value: float, stats, level: float) -> Estimate:
+    stats = np.asarray(stats, dtype=float)
+    finite = stats[np.isfinite(stats)]
+    if len(finite) < 0.9 * len(stats):
+        return Estimate(value, math.nan, math.nan, level)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(finite, [alpha, 1 - alpha])
+    return Estimate(value, float(low), float(high), level)
+
+
+def mean_bootstrap(values, **kwargs) -> Estimate:
+    """The mean of independent replicates with its bootstrap interval."""
+    return bootstrap(np.asarray(values, dtype=float), lambda v: float(np.mean(v)), **kwargs)
+
+
+def _curve_matrix(frame: pd.DataFrame, x: str, y: str, replicate: str) -> tuple[np.ndarray, np.ndarray]:
+    table = frame.pivot_table(index=replicate, columns=x, values=y, aggfunc="mean")
+    if table.isna().any().any():
+        raise ValueError(f"every {replicate!r} needs a {y!r} value at every {x!r}")
+    return table.columns.to_numpy(dtype=float), table.to_numpy(dtype=float)
+
+
+def power_law_bootstrap(frame: pd.DataFrame, x: str, y: str, replicate: str = "seed", **kwargs) -> Estimate:
+    """Exponent ``p`` of ``mean_replicates(y) ~ x^p`` with a bootstrap over whole replicates."""
+    xs, curves = _curve_matrix(frame, x, y, replicate)
+    return bootstrap(curves, lambda c: power_law(xs, np.mean(c, axis=0)).exponent, **kwargs)
+
+
+def ratio_bootstrap(numerator, denominator, paired: bool = False, n_boot: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> Estimate:
+    """``mean(numerator)/mean(denominator)`` with its interval; ``paired`` resamples the pairs together
+    (same seeds), otherwise the two samples are resampled independently."""
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"paired samples must have equal length, got {len(a)} and {len(b)}")
+        return bootstrap(np.stack([a, b], axis=1), lambda s: float(np.mean(s[:, 0]) / np.mean(s[:, 1])),
+                         n_boot=n_boot, level=level, seed=seed)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"ratio_bootstrap needs at least 2 values in each sample, got {len(a)} and {len(b)}")
+    check_int("n_boot", n_boot, minimum=10)
+    rng = np.random.default_rng(seed)
+    stats = [np.mean(a[rng.integers(0, len(a), len(a))]) / np.mean(b[rng.integers(0, len(b), len(b))])
+             for _ in range(n_boot)]
+    return _percentile_estimate(float(np.mean(a) / np.mean(b)), stats, level)

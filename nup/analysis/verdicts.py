@@ -1,0 +1,105 @@
+"""Verdicts: a statement, the number that decides it, its interval and the threshold fixed in advance.
+
+A claim cell prints one line per verdict, ``<statement>: True``, ``False`` or ``undecided``; the
+lines are scale-free (no measured number), so the reduced runs of ``make test`` can be compared with a
+committed expectation.  The numbers go into ``verdict_table`` (estimate, interval, threshold), which
+the notebook shows just before the claim cell.
+
+``compare(statement, estimate, interval, op, threshold)`` decides by the interval, not the point:
+``True`` when the whole interval lies on the claimed side of the threshold, ``False`` when it lies
+wholly on the other side, ``None`` (printed *undecided*) otherwise.  Without an interval (a single
+deterministic number) the point decides.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+__all__ = ["Verdict", "compare", "within", "verdict_line", "claim_lines", "print_claims", "verdict_table"]
+
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    statement: str
+    holds: bool | None  # None: the interval straddles the threshold (undecided)
+    estimate: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    threshold: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.statement, str) or not self.statement or ": " in self.statement.rstrip(":"):
+            raise ValueError(f"statement={self.statement!r} is not allowed; a non-empty string without ': '")
+        if self.holds not in (True, False, None):
+            raise ValueError(f"holds={self.holds!r} is not allowed; True, False or None (undecided)")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def compare(statement: str, estimate: float, interval: Sequence[float] | None, op: str, threshold: float) -> Verdict:
+    """The verdict of ``estimate <op> threshold`` decided by ``interval = (low, high)`` (or by the point
+    when ``interval`` is None).  A non-finite estimate or interval end is never True."""
+    if op not in _OPS:
+        raise ValueError(f"op={op!r} is not allowed; one of {', '.join(_OPS)}")
+    low, high = (estimate, estimate) if interval is None else interval
+    if not (_finite(estimate) and _finite(low) and _finite(high)):
+        holds = False
+    else:
+        test = _OPS[op]
+        if test(low, threshold) and test(high, threshold):
+            holds = True
+        elif not test(low, threshold) and not test(high, threshold):
+            holds = False
+        else:
+            holds = None
+    return Verdict(statement, holds, float(estimate), float(low), float(high), f"{op} {threshold:g}")
+
+
+def within(statement: str, estimate: float, interval: Sequence[float] | None, target: float,
+           tolerance: float) -> Verdict:
+    """``|estimate - target| <= tolerance``, decided by the interval like ``compare``: True when the whole
+    interval lies in ``[target - tolerance, target + tolerance]``, False when it lies wholly outside."""
+    low, high = (estimate, estimate) if interval is None else interval
+    lo_edge, hi_edge = target - tolerance, target + tolerance
+    if not (_finite(estimate) and _finite(low) and _finite(high)):
+        holds = False
+    elif lo_edge <= low and high <= hi_edge:
+        holds = True
+    elif high < lo_edge or low > hi_edge:
+        holds = False
+    else:
+        holds = None
+    return Verdict(statement, holds, float(estimate), float(low), float(high), f"{target:g} +- {tolerance:g}")
+
+
+def verdict_line(verdict: Verdict) -> str:
+    word = {True: "True", False: "False", None: "undecided"}[verdict.holds]
+    return f"{verdict.statement}: {word}"
+
+
+def claim_lines(verdicts: Iterable[Verdict]) -> list[str]:
+    return [verdict_line(v) for v in verdicts]
+
+
+def print_claims(verdicts: Iterable[Verdict]) -> None:
+    """What a claim cell prints: one scale-free line per verdict."""
+    for line in claim_lines(verdicts):
+        print(line)
+
+
+def verdict_table(verdicts: Iterable[Verdict], digits: int = 3) -> pd.DataFrame:
+    """Estimate, interval and threshold of each verdict (the numbers behind the claim cell)."""
+    rows = [{"statement": v.statement, "estimate": v.estimate, "low": v.low, "high": v.high,
+             "threshold": v.threshold, "verdict": {True: "True", False: "False", None: "undecided"}[v.holds]}
+            for v in verdicts]
+    table = pd.DataFrame(rows, columns=["statement", "estimate", "low", "high", "threshold", "verdict"])
+    return table.round({"estimate": digits, "low": digits, "high": digits})

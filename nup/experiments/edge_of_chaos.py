@@ -1,0 +1,194 @@
+"""Notebook 01, claim 1: the Edge of Chaos preserves the preactivation norm at initialization.
+
+In the NTK parameterization at the EOC, ``sigma^2 = 1/(a^2+b^2)``, the mean over random networks of
+``q_k = |h_k|^2/m_k`` stays at ``q_0 = |x|^2/m_0`` at every depth; with ``sigma^2`` scaled by ``s`` it
+moves like ``s^(k-1)``.  Also measured: the seed-to-seed spread of ``q_k`` (grows like ``sqrt(k/m)`` at
+constant width, stays bounded with ``k^2 m`` widths), the correlation of two inputs through real
+``nup.MLP``s against the infinite-width map ``rho``, and the exact sampler against real networks.
+
+Frames (``run``): ``norms`` (activation, scale, seed-block statistics per depth), ``spread``,
+``correlation`` (per network seed) and ``sampler_check``.  The raw per-network samples are kept as
+arrays in ``frames["samples"]`` so that ``claims`` can bootstrap over networks.
+
+Every verdict is decided by a 95% bootstrap interval over independent networks (``nup.analysis.verdicts``);
+the thresholds are the constants below, fixed before the runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nup.analysis.fits import Estimate, bootstrap, power_law
+from nup.analysis.verdicts import Verdict, compare, within
+from nup.core.activations import ACTIVATIONS
+from nup.core.param import NTK
+from nup.experiments.schema import Choice, Float, Int, List, Schema
+from nup.progress import progress
+from nup.theory.eoc import iterate_correlation_map, sample_norm_ratios
+
+NOTEBOOK = "01_edge_of_chaos"
+
+SCHEMA = Schema(
+    List("activations", item=Choice("activation", choices=tuple(ACTIVATIONS)), distinct=True,
+         help="presets of the family a*s + b*abs(s)"),
+    Int("max_depth", minimum=16, help="deepest network (number of layers l)"),
+    Int("width", minimum=2, help="constant width m, and the base width of the k^2 m profile"),
+    Int("n_seeds", minimum=100, help="independent random networks per curve"),
+    List("off_eoc_scales", item=Float("scale", positive=True), distinct=True,
+         help="sigma^2 in units of the EOC value"),
+    Int("corr_width", minimum=2, help="width of the real nup.MLPs in the correlation experiment"),
+    Int("corr_seeds", minimum=4, help="real networks per activation"),
+    List("input_correlations", item=Float("c0", minimum=-1.0, maximum=1.0), distinct=True),
+    Int("check_depth", minimum=2, help="cross-check of the sampler against real nup.MLPs"),
+    Int("check_width", minimum=2),
+    Int("check_seeds", minimum=20),
+    Int("seed", minimum=0),
+)
+
+# Thresholds, fixed before the runs.
+EOC_TOLERANCE = 0.10          # the EOC mean of q_k/q_0 stays within 10% of 1 at every depth
+SLOPE_TOLERANCE = 0.10        # off the EOC, log(mean) per layer within 10% of log(scale)
+SPREAD_EXPONENT = (0.5, 0.15)  # constant width: std ~ k^p with p within 0.15 of 1/2 (fitted for k >= 4)
+SPREAD_GROWTH = 1.25          # k^2 widths: std(l)/std(l/8) below 1.25
+CORRELATION_TOLERANCE = 0.05  # measured correlations within 0.05 of the iterated rho
+SAMPLER_TOLERANCE = 0.10      # real/sampled mean and std of q_l/q_0 within 10% of 1
+N_BOOT = 1000
+
+
+def run(p) -> dict:
+    """Sample the norms (on and off the EOC), the spreads (two width profiles), the correlations
+    (real networks) and the sampler check (real networks against the sampler)."""
+    depths = np.arange(1, p.max_depth + 1)
+    samples, norm_rows, spread_rows = {}, [], []
+    for i, act in enumerate(progress(p.activations, desc="norms and spreads")):
+        for scale in (1.0, *p.off_eoc_scales):
+            q = sample_norm_ratios(act, [p.width] * p.max_depth, p.n_seeds, sigma2_scale=scale, seed=p.seed + 100 * i)
+            samples["norm", act, scale] = q
+            norm_rows.append(pd.DataFrame({"activation": act, "scale": scale, "depth": depths, "mean": q.mean(0),
+                                           "sem": q.std(0) / np.sqrt(p.n_seeds)}))
+        for profile, widths in width_profiles(p.width, p.max_depth).items():
+            q = sample_norm_ratios(act, widths, p.n_seeds, seed=p.seed + 1000 + 100 * i)
+            samples["spread", act, profile] = q
+            spread_rows.append(pd.DataFrame({"activation": act, "profile": profile, "depth": depths,
+                                             "std": q.std(0)}))
+    return {"norms": pd.concat(norm_rows, ignore_index=True), "spread": pd.concat(spread_rows, ignore_index=True),
+            "correlation": correlations(p), "sampler_check": sampler_check(p), "samples": samples}
+
+
+def width_profiles(width: int, depth: int) -> dict[str, list[int]]:
+    return {"constant": [width] * depth, "quadratic": [k**2 * width for k in range(1, depth + 1)]}
+
+
+def correlated_pair(c: float, m0: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Two float64 inputs of norm ``sqrt(m0)`` whose cosine is exactly ``c``."""
+    u, v = torch.randn(2, m0, generator=generator, dtype=torch.float64)
+    v = v - (v @ u) / (u @ u) * u
+    u, v = u / u.norm() * m0**0.5, v / v.norm() * m0**0.5
+    return torch.stack([u, c * u + (1 - c**2) ** 0.5 * v])
+
+
+def correlations(p) -> pd.DataFrame:
+    """Per activation, input correlation, network seed and layer: the measured correlation of
+    ``h_k(x), h_k(x')`` in a real ``nup.MLP`` (float64) and the iterated map ``rho``."""
+    generator = torch.Generator().manual_seed(p.seed)
+    x = torch.cat([correlated_pair(c, generator=generator) for c in p.input_correlations])
+    rows = []
+    for act in progress(p.activations, desc="correlations"):
+        rho = {c0: iterate_correlation_map(act, c0, p.max_depth) for c0 in p.input_correlations}
+        for s in range(p.corr_seeds):
+            model = NTK().build(x.shape[1], p.corr_width, p.max_depth, p.corr_width, act, seed=p.seed + s,
+                                dtype=torch.float64)
+            with torch.no_grad():
+                _, hs = model(x, return_preactivations=True)
+            for k, h in enumerate(hs, start=1):
+                h = h.reshape(len(p.input_correlations), 2, -1)
+                cos = torch.nn.functional.cosine_similarity(h[:, 0], h[:, 1], dim=-1)
+                rows += [(act, c0, s, k, c.item(), rho[c0][k - 1]) for c0, c in zip(p.input_correlations, cos)]
+    return pd.DataFrame(rows, columns=["activation", "c0", "seed", "depth", "correlation", "rho"])
+
+
+def sampler_check(p) -> pd.DataFrame:
+    """``q_l/q_0`` at depth ``check_depth`` of ReLU networks: real ``nup.MLP``s (one per seed) and the sampler."""
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(p.seed), dtype=torch.float64)
+    q0 = (x**2).sum().item() / x.shape[1]
+    real = []
+    for s in progress(range(p.check_seeds), desc="sampler check"):
+        model = NTK().build(64, p.check_width, p.check_depth, p.check_width, "relu", seed=10_000 + s,
+                            dtype=torch.float64)
+        with torch.no_grad():
+            real.append((model(x) ** 2).sum().item() / p.check_width / q0)
+    sampled = sample_norm_ratios("relu", [p.check_width] * p.check_depth, 20 * p.check_seeds, seed=p.seed)[:, -1]
+    return pd.concat([pd.DataFrame({"source": "real nup.MLP", "q_ratio": real}),
+                      pd.DataFrame({"source": "exact sampler", "q_ratio": sampled})], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------- statistics and verdicts
+
+def eoc_deviation(q: np.ndarray) -> float:
+    """``max_k |mean over networks of q_k/q_0 - 1|``."""
+    return float(np.abs(q.mean(0) - 1).max())
+
+
+def slope_error(q: np.ndarray, scale: float) -> float:
+    """Relative error of the fitted slope of ``log mean(q_k)`` per layer (k >= 2) against ``log(scale)``."""
+    depths = np.arange(1, q.shape[1] + 1)
+    slope = np.polyfit(depths[1:], np.log(q.mean(0)[1:]), 1)[0]
+    return float(abs(slope / np.log(scale) - 1))
+
+
+def spread_exponent(q: np.ndarray, min_depth: int = 4) -> float:
+    """Exponent ``p`` of ``std_k ~ k^p`` over networks, fitted for ``k >= min_depth``."""
+    depths = np.arange(1, q.shape[1] + 1)
+    keep = depths >= min_depth
+    return power_law(depths[keep], q.std(0)[keep]).exponent
+
+
+def spread_growth(q: np.ndarray) -> float:
+    """``std_l / std_{l/8}``: the growth of the spread over the last seven eighths of the depth."""
+    depth = q.shape[1]
+    std = q.std(0)
+    return float(std[depth - 1] / std[depth // 8 - 1])
+
+
+def worst(estimates: list[Estimate], key=max) -> Estimate:
+    """The estimate with the worst point value (largest error), used to state 'for every activation'."""
+    return key(estimates, key=lambda e: e.value)
+
+
+def claims(frames: dict, p) -> list[Verdict]:
+    s = frames["samples"]
+    boot = dict(n_boot=N_BOOT, seed=p.seed)
+    eoc = worst([bootstrap(s["norm", a, 1.0], eoc_deviation, **boot) for a in p.activations])
+    off = worst([bootstrap(s["norm", a, scale], lambda q, scale=scale: slope_error(q, scale), **boot)
+                 for a in p.activations for scale in p.off_eoc_scales])
+    exponents = [bootstrap(s["spread", a, "constant"], spread_exponent, **boot) for a in p.activations]
+    exponent = max(exponents, key=lambda e: abs(e.value - SPREAD_EXPONENT[0]))
+    growth = worst([bootstrap(s["spread", a, "quadratic"], spread_growth, **boot) for a in p.activations])
+    corr = frames["correlation"]
+    per_seed = corr.pivot_table(index="seed", columns=["activation", "c0", "depth"], values="correlation")
+    rho = corr.groupby(["activation", "c0", "depth"])["rho"].first().reindex(per_seed.columns).to_numpy()
+    corr_error = bootstrap(per_seed.to_numpy(), lambda c: float(np.abs(c.mean(0) - rho).max()), **boot)
+    check = frames["sampler_check"]
+    real = check[check.source == "real nup.MLP"].q_ratio.to_numpy()
+    sampled_mean, sampled_std = check[check.source == "exact sampler"].q_ratio.agg(["mean", "std"])
+    mean_ratio = bootstrap(real, lambda r: float(r.mean() / sampled_mean), **boot)
+    std_ratio = bootstrap(real, lambda r: float(r.std(ddof=1) / sampled_std), **boot)
+    acts = ", ".join(p.activations)
+    return [
+        compare(f"EOC keeps the mean of |h_k|^2/m_k within {EOC_TOLERANCE:.0%} of |x|^2/m_0 at every depth "
+                f"({acts})", eoc.value, eoc.interval, "<", EOC_TOLERANCE),
+        compare(f"off the EOC the mean vanishes or explodes like scale^(k-1), slope within {SLOPE_TOLERANCE:.0%}",
+                off.value, off.interval, "<", SLOPE_TOLERANCE),
+        within("seed-to-seed spread at constant width grows like sqrt(depth) (fitted exponent "
+               f"{SPREAD_EXPONENT[0]} +- {SPREAD_EXPONENT[1]})", exponent.value, exponent.interval, *SPREAD_EXPONENT),
+        compare(f"seed-to-seed spread with k^2 widths stays bounded (grows < {SPREAD_GROWTH - 1:.0%} from depth "
+                "l/8 to l)", growth.value, growth.interval, "<", SPREAD_GROWTH),
+        compare(f"measured correlations follow the infinite-width map rho within {CORRELATION_TOLERANCE}",
+                corr_error.value, corr_error.interval, "<", CORRELATION_TOLERANCE),
+        within(f"the exact sampler's mean of q_l/q_0 matches real nup.MLPs within {SAMPLER_TOLERANCE:.0%}",
+               mean_ratio.value, mean_ratio.interval, 1.0, SAMPLER_TOLERANCE),
+        within(f"the exact sampler's seed-to-seed spread of q_l/q_0 matches real nup.MLPs within "
+               f"{SAMPLER_TOLERANCE:.0%}", std_ratio.value, std_ratio.interval, 1.0, SAMPLER_TOLERANCE),
+    ]
