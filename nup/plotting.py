@@ -69,10 +69,11 @@ def _render(fig, fmt: str, **kwargs) -> bytes:
 
 
 def savefig(fig, name: str, directory: str | os.PathLike | None = None, dpi: int = 150, inline_dpi: int = 80,
-            show: bool | None = None, close: bool = True) -> list[Path]:
+            show: bool | None = None, close: bool = True) -> list[Path] | None:
     """Write ``<directory>/<name>.pdf`` and ``.png`` (atomically); in a notebook also show the figure
     inline (``show=None``: only there).  ``close`` closes the figure afterwards, so the notebook's
-    inline backend does not draw it a second time.  Returns both paths."""
+    inline backend does not draw it a second time.  Returns both paths, or ``None`` when the figure was
+    shown (so a notebook cell that ends in ``savefig`` shows the figure and nothing else)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"name={name!r} is not allowed; use ASCII letters, digits, '_', '-' and '.' only")
     for arg, value in (("dpi", dpi), ("inline_dpi", inline_dpi)):
@@ -87,8 +88,11 @@ def savefig(fig, name: str, directory: str | os.PathLike | None = None, dpi: int
         from IPython.display import Image, display
 
         display(Image(data=_render(fig, "png", dpi=inline_dpi, metadata=_PNG_METADATA), format="png"))
+        shown = True
+    else:
+        shown = False
     if close:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    return [pdf, png]
+    return None if shown else [pdf, png]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["Verdict", "compare", "within", "verdict_line", "claim_lines", "print_claims", "verdict_table"]
+__all__ = ["Verdict", "compare", "within", "verdict_line", "claim_lines", "print_claims", "verdict_table",
+           "show_verdicts"]
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -103,3 +104,11 @@ def verdict_table(verdicts: Iterable[Verdict], digits: int = 3) -> pd.DataFrame:
             for v in verdicts]
     table = pd.DataFrame(rows, columns=["statement", "estimate", "low", "high", "threshold", "verdict"])
     return table.round({"estimate": digits, "low": digits, "high": digits})
+
+
+def show_verdicts(verdicts: Iterable[Verdict], digits: int = 3) -> None:
+    """Display ``verdict_table`` in a notebook with the statements in full (pandas would cut them)."""
+    from IPython.display import display
+
+    with pd.option_context("display.max_colwidth", None, "display.width", 250):
+        display(verdict_table(verdicts, digits))
