@@ -1,20 +1,28 @@
-"""Bad papermill parameters stop each notebook in its first cells with one clear message.
+"""Notebook parameters: one schema per notebook (``nup.experiments.<module>.SCHEMA``) checks them.
 
 Every numbered notebook has a ``parameters`` cell followed by a validation cell.  Here both are
 executed in-process with each parameter replaced by a bad value of its kind (a string for a
 number, an empty list, an unknown option); the validation cell must raise a ``ValueError`` that
-names the parameter.  One real papermill run checks the same through the kernel.
+names the parameter.  The reduced sizes (``params/*.yaml``), the GPU sizes (``params/gpu/*.yaml``)
+and every ``-p``/``-y`` papermill example in the README must validate too.  One real papermill run
+checks the same through the kernel.
 """
 
 import ast
 import math
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
+
+from nup.experiments import all_modules
+from nup.experiments.schema import Schema
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PARAM_FILES = sorted((ROOT / "params").glob("*.yaml")) + sorted((ROOT / "params" / "gpu").glob("*.yaml"))
 
 
 def _first_cells(path):
@@ -32,6 +40,10 @@ def _parameters(source):
             except ValueError:
                 pass
     return params
+
+
+def _defaults(stem):
+    return _parameters(_first_cells(ROOT / "notebooks" / f"{stem}.ipynb")[0])
 
 
 def _bad_values(value):
@@ -58,16 +70,55 @@ def test_validation_cell_names_the_bad_parameter(path, name, bad):
     namespace = {}
     exec(parameters, namespace)
     namespace[name] = bad
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=re.escape(name)):
         exec(validation, namespace)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_defaults_pass_validation(path):
-    parameters, validation = _first_cells(path)
-    namespace = {}
-    exec(parameters, namespace)
-    exec(validation, namespace)
+def test_every_notebook_has_an_experiment_module_whose_schema_is_its_parameters_cell(path):
+    module = all_modules().get(path.stem)
+    assert module is not None, f"no nup.experiments module declares NOTEBOOK = {path.stem!r}"
+    assert isinstance(module.SCHEMA, Schema) and callable(module.run) and callable(module.claims)
+    assert list(_defaults(path.stem)) == list(module.SCHEMA.names), \
+        "the parameters cell and the schema must list the same names, in the same order"
+    module.SCHEMA.validate(_defaults(path.stem))
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_documented_parameter_sets_validate(path):
+    module = all_modules().get(path.stem)
+    assert module is not None, f"{path.name} names no notebook"
+    overrides = yaml.safe_load(path.read_text()) or {}
+    unknown = set(overrides) - set(module.SCHEMA.names)
+    assert not unknown, f"unknown parameter(s) {sorted(unknown)}"
+    module.SCHEMA.validate({**_defaults(path.stem), **overrides})
+
+
+def _readme_papermill_examples():
+    """(notebook stem, {name: value}) for each ``papermill notebooks/NN_x.ipynb ... -p/-y`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    examples = []
+    for command in re.findall(r"papermill[^\n`]*", text):
+        notebook = re.search(r"notebooks/(\d\d_\w+)\.ipynb", command)
+        if not notebook:
+            continue
+        values = {}
+        for name, value in re.findall(r"-p (\w+) (\S+)", command):
+            values[name] = yaml.safe_load(value)
+        for block in re.findall(r"-y \"([^\"]+)\"", command):
+            values.update(yaml.safe_load(block))
+        examples.append((notebook.group(1), values))
+    return examples
+
+
+def test_readme_papermill_examples_use_real_parameters():
+    examples = _readme_papermill_examples()
+    assert examples, "the README shows how to run a notebook at another size with papermill"
+    for stem, values in examples:
+        module = all_modules()[stem]
+        unknown = set(values) - set(module.SCHEMA.names)
+        assert not unknown, f"README papermill example for {stem} uses unknown parameter(s) {sorted(unknown)}"
+        module.SCHEMA.validate({**_defaults(stem), **values})
 
 
 def test_papermill_stops_in_the_validation_cell(tmp_path):
