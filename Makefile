@@ -52,7 +52,7 @@ expected: venv data
 # --allow-root: containers often run as root. Bound to localhost only.
 lab: venv data
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet -e '.[lab]'
-	$(PY) -m jupyter lab --ip=127.0.0.1 --allow-root --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+	$(PY) -m jupyter lab --ip=127.0.0.1 --allow-root --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
 
 clean:
 	rm -rf build results .pytest_cache
