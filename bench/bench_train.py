@@ -16,6 +16,10 @@ disturbed one); absolute times are printed beside them for scale only.
    default): ``(T_with - T_without) / T_without`` over the run, and the cost of one call in steps.
    ``updates_every_step`` (registered here only) is ``"updates"`` at every step, as it ran before
    it honoured ``diagnostic_every``.
+3. A small sweep (a slice of notebook 03's grid, ``cache=False``): every run uses
+   ``nup.training.loop.THREADS`` (1) torch thread, so the sweep is timed serially and with
+   ``n_jobs=2`` loky workers (first call, workers starting; then warm), against the serial sweep at
+   torch's default thread count (what a serial sweep did before runs fixed their thread count).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from nup import RunConfig, train  # noqa: E402
 from nup.diagnostics import DIAGNOSTICS  # noqa: E402
 from nup.diagnostics.updates import EveryStepUpdateTracker  # noqa: E402
 from nup.training.config import LOSS_FUNCTIONS  # noqa: E402
-from nup.training.loop import build_model_and_data  # noqa: E402
+from nup.training.loop import build_model_and_data, torch_threads  # noqa: E402
+from nup.training.sweep import grid, sweep  # noqa: E402
 
 loop = importlib.import_module("nup.training.loop")
 
@@ -53,7 +58,13 @@ def round_robin(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def bare_loop(config: RunConfig) -> float:
-    """The same run as ``train(config)`` without recording, checks or diagnostics; the final loss."""
+    """The same run as ``train(config)`` without recording, checks or diagnostics, under the same torch
+    thread count; the final loss."""
+    with torch_threads():
+        return _bare_loop(config)
+
+
+def _bare_loop(config: RunConfig) -> float:
     torch.manual_seed(config.seed)
     model, x, y, _, _ = build_model_and_data(config)
     optimizer = model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
@@ -132,26 +143,62 @@ def bench_diagnostics(args) -> None:
             print(f"    {diagnostic:16s} {extra / best['none']:16.3f} {extra / calls / step_time:19.2f}")
 
 
+def bench_sweep(args) -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    print("\n== 3. A sweep: serial against n_jobs=2 (every run: 1 torch thread) ==")
+    steps = 30 if args.quick else 100
+    common = dict(steps=steps, n_train=64, probe_size=64, diagnostics=("preactivations",), diagnostic_every=10)
+    configs = [dict(common, parameterization="nup", width=4, **p) for p in grid(depth=[4, 8], lr=[0.25, 0.5, 1.0, 2.0])]
+    configs += [dict(common, parameterization="ntk", width=64, **p) for p in grid(depth=[4, 8], lr=[0.5, 1.0, 2.0, 4.0])]
+    default_threads = torch.get_num_threads()
+
+    def before():  # the serial sweep at torch's default thread count
+        fixed = loop.THREADS
+        loop.THREADS = default_threads
+        try:
+            return sweep(configs, backend="serial", cache=False, progress=False)
+        finally:
+            loop.THREADS = fixed
+
+    def cold():
+        get_reusable_executor().shutdown(wait=True)
+        return sweep(configs, n_jobs=2, cache=False, progress=False)
+
+    fns = {"before": before, "serial": lambda: sweep(configs, backend="serial", cache=False, progress=False),
+           "n_jobs=2, first call": cold, "n_jobs=2, warm": lambda: sweep(configs, n_jobs=2, cache=False, progress=False)}
+    best = round_robin(fns, args.repeats)
+    labels = {"before": f"serial, {default_threads} torch threads per run (before)",
+              "serial": "serial, 1 torch thread per run", "n_jobs=2, first call": "n_jobs=2, first call (workers start)",
+              "n_jobs=2, warm": "n_jobs=2, warm workers"}
+    print(f"  {len(configs)} runs of {steps} steps (νP m=4 and NTK width 64, depths 4 and 8, 64 samples)")
+    print(f"  {'':44s} {'time/s':>7s} {'runs/s':>7s} {'time/before':>12s}")
+    for name, label in labels.items():
+        print(f"  {label:44s} {best[name]:7.2f} {len(configs) / best[name]:7.2f} {best[name] / best['before']:12.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a check, not a measurement)")
     parser.add_argument("--repeats", type=int, default=None, help="round-robin passes (default 5, quick 3)")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: overhead,diagnostics")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: overhead,diagnostics,sweep")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
     if args.repeats < 1:
         raise ValueError(f"--repeats={args.repeats} is not allowed; give an integer >= 1")
     skip = set(filter(None, args.skip.split(",")))
-    unknown = skip - {"overhead", "diagnostics"}
+    unknown = skip - {"overhead", "diagnostics", "sweep"}
     if unknown:
-        raise ValueError(f"--skip={args.skip!r} is not allowed; choose from overhead, diagnostics")
+        raise ValueError(f"--skip={args.skip!r} is not allowed; choose from overhead, diagnostics, sweep")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default; ratios of best-of-"
           f"{args.repeats} round-robin timings in this process")
     if "overhead" not in skip:
         bench_overhead(args)
     if "diagnostics" not in skip:
         bench_diagnostics(args)
+    if "sweep" not in skip:
+        bench_sweep(args)
 
 
 if __name__ == "__main__":

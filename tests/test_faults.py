@@ -222,9 +222,9 @@ def fake_pool(monkeypatch, die_times: dict[int, int], slots: int = 2, markers_vi
             if killers:
                 deaths[killers[0]] += 1
                 return done, RuntimeError("worker died")
-            for index, config, cache, cache_dir, threads, markers, _registry in in_flight:
-                outcomes[index] = nup.training.sweep._run_one(index, config, cache, cache_dir, threads,
-                                                     markers if markers_visible else None)[1]
+            for index, config, cache, cache_dir, markers, _registry in in_flight:
+                outcomes[index] = nup.training.sweep._run_one(index, config, cache, cache_dir,
+                                                              markers if markers_visible else None)[1]
                 done.add(index)
                 bar.update()
         return done, None
@@ -287,7 +287,7 @@ def test_a_diverged_run_is_a_cached_result(tmp_path, monkeypatch):
 
 def test_a_worker_that_cannot_write_its_start_marker_still_runs():
     """On a cluster without a shared file system the marker directory does not exist."""
-    index, outcome = nup.training.sweep._run_one(7, RunConfig(**BASE), False, "/nonexistent", 1, "/nonexistent/markers")
+    index, outcome = nup.training.sweep._run_one(7, RunConfig(**BASE), False, "/nonexistent", "/nonexistent/markers")
     assert index == 7 and outcome.error is None
     assert_frame_equal(outcome.result.df, train(RunConfig(**BASE)).df)
 

@@ -84,7 +84,8 @@ def test_a_run_that_raises_is_a_failed_row_not_an_exception(tmp_path, monkeypatc
 
 
 def test_torch_thread_count_does_not_change_tiny_runs():
-    """What makes parallel (1 thread per worker) and serial (default threads) comparable."""
+    """Every run uses nup.training.loop.THREADS whatever the caller's count (tests/test_determinism.py
+    checks a configuration whose bits would otherwise change)."""
     previous = torch.get_num_threads()
     try:
         frames = []
@@ -118,6 +119,14 @@ def test_cuda_without_cuda_is_an_up_front_error(tmp_path):
     with pytest.raises(ValueError, match=r"configs\[1\]: device='cuda'.*torch.cuda.is_available\(\) is False"):
         sweep([BASE, dict(BASE, device="cuda")], n_jobs=2, cache_dir=tmp_path, progress=False)
     assert not list(tmp_path.rglob("output.pkl"))
+
+
+def test_label_noise_enters_the_cache_key_only_when_set():
+    """Adding the field kept every earlier result valid: at its default it is not in the key."""
+    key = nup.training.cache._key(RunConfig(**BASE))[0]
+    assert "label_noise" not in key and "seed" in key
+    assert nup.training.cache._key(RunConfig(**dict(BASE, dataset="fashion_mnist", label_noise=0.2)))[0][
+        "label_noise"] == 0.2
 
 
 def test_auto_device_is_cuda_when_available():
@@ -196,3 +205,17 @@ def test_columns_keeps_fields_that_do_not_vary(tmp_path):
     assert set(frame.seed) == {0}
     with pytest.raises(ValueError, match="columns='nope'"):
         sweep(configs, cache_dir=tmp_path, columns=["nope"])
+
+
+def test_a_cached_parallel_sweep_reads_in_this_process_and_starts_no_worker(tmp_path, serial_frame, monkeypatch):
+    sweep(tiny_configs(), backend="serial", cache_dir=tmp_path, progress=False)
+    started = []
+    monkeypatch.setattr(nup.training.sweep, "_run_batch", lambda tasks, *args: started.append(tasks) or (set(), None))
+    df = sweep(tiny_configs(), n_jobs=2, backend="loky", cache_dir=tmp_path, progress=False)
+    assert started == []
+    assert_frame_equal(df, serial_frame)
+    # One run missing from the cache: only it goes to the workers.
+    extra = dict(BASE, seed=5)
+    with pytest.raises(KeyError):  # the stand-in pool computed nothing
+        sweep(tiny_configs() + [extra], n_jobs=2, backend="loky", cache_dir=tmp_path, progress=False)
+    assert [[task[0] for task in tasks] for tasks in started] == [[4]]

@@ -7,6 +7,14 @@ whole network.  A run whose loss or gradient becomes NaN or inf stops and is ret
 ``diverged_step`` set: divergence is a result, not an exception.  The gradient check is one fused
 reduction per step (``gradients_finite``), not one check per tensor.
 
+Threads.  Every run executes under ``THREADS`` (1) torch intra-op threads, set on entry and
+restored on exit (``torch_threads``), whatever ``torch.get_num_threads()`` says on the machine:
+the thread count changes how torch splits reductions and matrix products, hence the last bits of
+a result, which the training dynamics then amplify.  With a fixed count the same ``RunConfig``
+gives the same DataFrame, bit for bit, on any core count and through any sweep backend
+(``nup.training.sweep`` runs in parallel across runs instead); see the README for what remains
+machine-dependent (the CPU's vector instruction set, CUDA).
+
 The config, result and context types live in ``nup.training.config``.
 """
 
@@ -14,6 +22,8 @@ The config, result and context types live in ``nup.training.config``.
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import pandas as pd
 import torch
@@ -23,8 +33,43 @@ from nup.diagnostics import DIAGNOSTICS
 from nup.training import data as nup_data
 from nup.training.config import LOSS_FUNCTIONS, RunConfig, RunResult, TrainContext
 from nup.training.schedules import SCHEDULES
+from nup.validation import check_int
 
-__all__ = ["train", "build_model_and_data", "load_data", "gradients_finite"]
+__all__ = ["train", "build_model_and_data", "load_data", "gradients_finite", "torch_threads", "THREADS"]
+
+THREADS = 1  # torch intra-op threads of every run: part of what makes a result reproducible
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before: int | None = None
+
+
+@contextmanager
+def torch_threads(threads: int | None = None):
+    """Run the body under ``threads`` (default ``THREADS``) torch intra-op threads, then restore.
+
+    ``torch.set_num_threads`` is process-wide, so concurrent users (runs in several Python threads
+    of one process, e.g. a threaded Dask worker) share one count: the first in records the previous
+    count, the last out restores it, and nobody restores it while another run is still inside.
+    """
+    global _threads_users, _threads_before
+    threads = THREADS if threads is None else check_int("threads", threads, minimum=1)
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        elif torch.get_num_threads() != threads:
+            raise ValueError(f"threads={threads} is not allowed while another run in this process uses "
+                             f"{torch.get_num_threads()} torch threads; runs in one process share one count")
+        _threads_users += 1
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_before:
+                torch.set_num_threads(_threads_before)
 
 
 def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
@@ -55,7 +100,12 @@ def build_model_and_data(config: RunConfig):
 
 
 def train(config: RunConfig) -> RunResult:
-    """Run one configuration; see the module docstring."""
+    """Run one configuration under ``THREADS`` torch threads; see the module docstring."""
+    with torch_threads():
+        return _train(config)
+
+
+def _train(config: RunConfig) -> RunResult:
     torch.manual_seed(config.seed)
     model, x, y, x_test, y_test = build_model_and_data(config)
     device = x.device

@@ -8,7 +8,8 @@ rows with a ``run`` index and one column per config field that varies across the
 Backends (argument ``backend``, else ``$NUP_SWEEP_BACKEND``, else ``"loky"``):
 
 * ``"loky"``: local worker processes through ``joblib.Parallel`` (``n_jobs`` of them;
-  ``n_jobs=1`` runs in this process, like ``"serial"``);
+  ``n_jobs=1`` runs in this process, like ``"serial"``); runs already in the cache are read in this
+  process, so a fully cached sweep starts no worker;
 * ``"serial"``: one run after the other in this process;
 * ``"dask"``: joblib's Dask backend on a ``dask.distributed`` cluster whose scheduler is
   ``scheduler=`` (an address or a ``Client``), else ``$NUP_DASK_SCHEDULER``, else the
@@ -25,10 +26,10 @@ there is no worker).  Runs are written to the cache as they finish, so a sweep k
 outright resumes where it stopped.  A diverged run is a result like any other
 (``diverged``, ``diverged_step``).
 
-Determinism.  Parallel workers run torch with one thread each (``threads``), so workers do
-not oversubscribe the cores; CPU results of the same run then agree with the serial path's
-as long as torch's kernels give the same bits at both thread counts (they do for the small
-matrices of the tests; a sweep reads back whatever a run cached first in any case).
+Determinism.  Every run executes under ``nup.training.loop.THREADS`` (1) torch threads, in this
+process or a worker, so the same configuration gives the same DataFrame bit for bit serially, through
+loky or through Dask, whatever the machine's core count or ``torch.get_num_threads()``.  Parallelism
+comes from running several runs at once (``n_jobs``), not from threads within a run.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from nup.training import cache as nup_cache
 from nup.core.device import resolve_device
 from nup.diagnostics import DIAGNOSTICS
 from nup.training.config import RunConfig, RunResult
+from nup.training.loop import THREADS
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int
 
@@ -112,8 +113,9 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     ``"serial"`` or ``"dask"`` (see the module docstring); ``scheduler``: the Dask scheduler
     address or ``Client`` (implies ``backend="dask"``).  ``cache=False`` computes every run
     and stores nothing; ``cache_dir`` defaults to ``nup.training.cache.results_dir()``.  ``retries``:
-    how many more times a run whose worker process died is tried.  ``threads``: torch
-    threads per run (default: 1 in parallel workers, unchanged in serial).
+    how many more times a run whose worker process died is tried.  ``threads`` is kept for
+    compatibility: every run uses ``nup.training.loop.THREADS`` torch threads (see the module
+    docstring), so only ``None`` or that value is allowed.
     """
     configs = _validate_configs(configs)
     columns = tuple(check_choice("columns", name, CONFIG_FIELDS) for name in columns)
@@ -122,8 +124,10 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
         if not isinstance(value, bool):
             raise ValueError(f"{name}={value!r} is not allowed; {name} must be True or False")
     retries = check_int("retries", retries, minimum=0)
-    if threads is not None:
-        threads = check_int("threads", threads, minimum=1)
+    if threads is not None and check_int("threads", threads, minimum=1) != THREADS:
+        raise ValueError(f"threads={threads!r} is not allowed; every run uses {THREADS} torch thread(s) "
+                         "(nup.training.loop.THREADS) so that its result does not depend on the machine: "
+                         "leave threads=None and run runs in parallel with n_jobs")
     backend = _resolve_backend(backend, scheduler)
     if backend == "loky" and n_jobs == 1:
         backend = "serial"
@@ -134,8 +138,6 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
                 resolve_device(config.device)
             except ValueError as exc:
                 raise ValueError(f"configs[{i}]: {exc}") from None
-    if backend != "serial" and threads is None:
-        threads = 1
     cache_dir = str(Path(cache_dir if cache_dir is not None else nup_cache.results_dir()).resolve())
 
     client, own_client = _dask_client(scheduler) if backend == "dask" else (None, False)
@@ -146,9 +148,9 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     bar = progress_bar(total=len(configs), desc="runs", unit="run", **({} if progress else {"disable": True}))
     try:
         if backend == "serial":
-            outcomes = _run_serial(configs, cache, cache_dir, threads, bar)
+            outcomes = _run_serial(configs, cache, cache_dir, bar)
         else:
-            outcomes = _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, bar)
+            outcomes = _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, bar)
     finally:
         bar.close()
         if own_client:
@@ -215,8 +217,8 @@ def _resolve_backend(backend, scheduler) -> str:
 
 # ------------------------------------------------------------------------------ execution
 
-def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads: int | None,
-             marker_dir: str | None = None, registry: dict | None = None):
+def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, marker_dir: str | None = None,
+             registry: dict | None = None):
     """One run, in whichever process executes it; never raises, so one bad run cannot abort
     the joblib call.  Returns ``(index, _Outcome)``."""
     _mark(marker_dir, f"{index}.started")
@@ -224,15 +226,11 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, threads
         # Diagnostics and schedules registered in the parent (a notebook, a test) exist here too.
         DIAGNOSTICS.update(registry["diagnostics"])
         SCHEDULES.update(registry["schedules"])
-    previous = torch.get_num_threads()
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
         return index, _Outcome(result=nup_cache.run(config, cache=cache, cache_dir=cache_dir))
     except Exception as exc:  # noqa: BLE001 (a failed run is a result)
         return index, _Outcome(error=f"{type(exc).__name__}: {exc}")
     finally:
-        torch.set_num_threads(previous)
         _mark(marker_dir, f"{index}.finished")
 
 
@@ -247,10 +245,10 @@ def _mark(marker_dir: str | None, name: str) -> None:
             pass
 
 
-def _run_serial(configs, cache, cache_dir, threads, bar) -> list[_Outcome]:
+def _run_serial(configs, cache, cache_dir, bar) -> list[_Outcome]:
     outcomes = []
     for i, config in enumerate(configs):
-        outcomes.append(_run_one(i, config, cache, cache_dir, threads)[1])
+        outcomes.append(_run_one(i, config, cache, cache_dir)[1])
         bar.update()
     return outcomes
 
@@ -262,7 +260,7 @@ def _registry(configs) -> dict:
             "schedules": {c.schedule: SCHEDULES[c.schedule] for c in configs}}
 
 
-def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, bar) -> list[_Outcome]:
+def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, bar) -> list[_Outcome]:
     """Run everything at once; after a worker death, bisect the runs that were in flight.
 
     A dead worker fails the whole joblib call.  Runs that had finished are kept, runs that had
@@ -275,6 +273,15 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, b
     attempts: dict[int, int] = {}
     registry = _registry(configs)
     pending = list(range(len(configs)))  # not yet started
+    if cache and client is None:
+        # Local workers would only read these back from the cache: read them here, and start no
+        # worker at all when every run is cached (a re-run notebook).  Not with Dask, whose workers
+        # may resolve device="auto" differently from this process.
+        for i in pending:
+            if nup_cache.is_cached(configs[i], cache_dir=cache_dir):
+                outcomes[i] = _run_one(i, configs[i], cache, cache_dir)[1]
+                bar.update()
+        pending = [i for i in pending if i not in outcomes]
     suspects: deque[list[int]] = deque()  # groups that were in flight when a worker died
     # With Dask, joblib uses every worker of the cluster; locally, n_jobs=1 would run in this process.
     engine = dict(backend="dask", client=client) if client is not None else dict(backend="loky")
@@ -287,7 +294,7 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, threads, b
             else:
                 batch = suspects.popleft()
             markers = tempfile.mkdtemp(dir=marker_root)
-            tasks = [(i, configs[i], cache, cache_dir, threads, markers, registry) for i in batch]
+            tasks = [(i, configs[i], cache, cache_dir, markers, registry) for i in batch]
             done, error = _run_batch(tasks, engine, n_jobs, outcomes, bar)
             if error is None:
                 continue
