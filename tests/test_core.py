@@ -71,6 +71,86 @@ def test_mlp_forward_matches_explicit_float64_computation():
     assert torch.equal(out, preacts[-1])
 
 
+def _mlp_and_data(activation, parameterization="nup", depth=4, seed=0):
+    model = nup.get_parameterization(parameterization).build(5, 3, depth, 4, activation, seed=seed,
+                                                            dtype=torch.float64)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_linearization_stores_the_forward_pass(activation):
+    model, x = _mlp_and_data(activation)
+    x = x.float()
+    lin = model.linearize(x)  # cast to the weights' dtype
+    out, hs = model(x.double(), return_preactivations=True)
+    phi = get_activation(activation)
+    assert lin.output.dtype == torch.float64 and torch.equal(lin.output, out)
+    assert len(lin.inputs) == model.depth and len(lin.derivatives) == model.depth - 1
+    assert torch.equal(lin.inputs[0], x.double())
+    for k in range(1, model.depth):  # inputs[k] = a_k = phi(h_k), derivatives[k-1] = phi'(h_k)
+        torch.testing.assert_close(lin.inputs[k], phi(hs[k - 1]), rtol=0, atol=0)
+        torch.testing.assert_close(lin.derivatives[k - 1], phi.derivative(hs[k - 1]), rtol=0, atol=0)
+    for w, layer in zip(lin.weights, model.layers):
+        assert not w.requires_grad and w.data_ptr() == layer.weight.data_ptr()
+    sub = lin.rows(slice(2, 5))
+    assert torch.equal(sub.output, out[2:5]) and torch.equal(sub.inputs[-1], lin.inputs[-1][2:5])
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backpropagated_signals_and_weight_gradients_against_autograd(activation):
+    model, x = _mlp_and_data(activation)
+    lin = model.linearize(x)
+    g = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, hs = model(x, return_preactivations=True)
+    # delta_k = d<f, G>/dh_k and dL/dW_k by autograd through the module's own forward.
+    expected_deltas = torch.autograd.grad(hs[-1], hs, g, retain_graph=True)
+    expected_grads = torch.autograd.grad(hs[-1], list(model.parameters()), g)
+    seen = []
+    for k, delta in lin.backpropagate(g):
+        seen.append(k)
+        torch.testing.assert_close(delta, expected_deltas[k], rtol=1e-12, atol=1e-14)
+    assert seen == list(range(model.depth - 1, -1, -1))
+    scales = [0.5, 2.0, 3.0, 0.0]
+    for got, want, s in zip(lin.weight_gradients(g, scales), expected_grads, scales):
+        torch.testing.assert_close(got, s * want, rtol=1e-12, atol=1e-14)
+    for got, want in zip(lin.weight_gradients(g), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_batched_signals_are_the_jacobians_of_the_output(activation):
+    """``B_k[i, o] = df_o(x_i)/dh_k[i]``: with no cotangent, one backward recursion per output at once."""
+    model, x = _mlp_and_data(activation, depth=3)
+    lin = model.linearize(x)
+    _, hs = model(x, return_preactivations=True)
+    for k, b in lin.backpropagate():
+        assert b.shape == (6, 3, hs[k].shape[1])
+        for o in range(3):
+            (want,) = torch.autograd.grad(hs[-1][:, o].sum(), hs[k], retain_graph=True)
+            torch.testing.assert_close(b[:, o, :], want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_jvp_against_torch_func(activation):
+    model, x = _mlp_and_data(activation)
+    lin = model.linearize(x)
+    gen = torch.Generator().manual_seed(2)
+    tangents = [torch.randn(layer.weight.shape, generator=gen, dtype=torch.float64) for layer in model.layers]
+    names = [name for name, _ in model.named_parameters()]
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def preactivations(p):
+        return torch.func.functional_call(model, p, (x,), {"return_preactivations": True})[1]
+    _, r_hs = torch.func.jvp(preactivations, (params,), (dict(zip(names, tangents)),))
+    r_out, r_inputs = lin.jvp(tangents, return_inputs=True)
+    torch.testing.assert_close(r_out, r_hs[-1], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(lin.jvp(tangents), r_out, rtol=0, atol=0)
+    assert r_inputs[0] is None and len(r_inputs) == model.depth
+    for k in range(1, model.depth):  # R{a_k} = D_k * R{h_k}
+        torch.testing.assert_close(r_inputs[k], lin.derivatives[k - 1] * r_hs[k - 1], rtol=1e-12, atol=1e-14)
+
+
 def _init_std(model):
     return [layer.weight.std().item() for layer in model.layers]
 

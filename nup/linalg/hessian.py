@@ -5,9 +5,10 @@
   ``p.reshape(-1)``), without forming ``H``.  Three interchangeable methods, all exact:
 
   - ``"rop"`` (nup MLPs, the default there): Pearlmutter's R-operator written out with
-    matrix products.  It reuses one stored forward/backward pass and uses ``phi'' = 0``
-    (``phi = a*s + b*|s|`` is piecewise linear), so one product costs 6 matrix products per
-    layer.  Measured (best of 7, float32, torch 2.13 CPU), in gradient evaluations per HVP:
+    matrix products (the formulas, with indices: ``nup.core.mlp``'s docstring).  It reuses one
+    stored forward/backward pass (``MLP.linearize``) and uses ``phi'' = 0`` (``phi = a*s + b*|s|``
+    is piecewise linear), so one product costs 6 matrix products per layer.  Measured (best of 7,
+    float32, torch 2.13 CPU), in gradient evaluations per HVP:
     784-512x8-10 MLP on 2048 samples: rop 1.5, autograd double backward 1.8, torch.func 3.7-5;
     784-256x8-10 on 512 samples: 1.2-1.3, 1.8, 4.3-4.9.
   - ``"autograd"`` (any model, the default there): double backward through a gradient graph built once.
@@ -118,34 +119,22 @@ class HessianOperator:
         _, hv = torch.func.jvp(self._grad_fn, (self._detached,), (tangents,))
         return [hv[name] for name in self._names]
 
-    # -- R-operator for nup MLPs: h_k = c_k a_{k-1} W_k^T, a_k = phi(h_k), D_k = phi'(h_k), phi'' = 0
+    # -- R-operator for nup MLPs (``nup.core.mlp``'s docstring: "Second order")
     def _setup_rop(self):
         model: MLP = self.model
         weights = [layer.weight for layer in model.layers]
         if len(self.params) != len(weights) or any(p is not w for p, w in zip(self.params, weights)):
             raise ValueError("method='rop' needs every MLP weight trainable; use method='autograd'")
-        act, c = model.activation, model.multipliers
-        self._w = [layer.weight.detach() for layer in model.layers]
-        with torch.no_grad():
-            a, d = [self.x.to(self.dtype)], []
-            h = a[0]
-            for k, w in enumerate(self._w):
-                h = c[k] * (a[-1] @ w.T)
-                if k < len(self._w) - 1:
-                    d.append(act.derivative(h))
-                    a.append(act(h))
-        self._a, self._d = a, d
+        self._lin = model.linearize(self.x)
         # Output gradient g = dl/df and, through its graph, the output-space Hessian-vector product.
-        self._out = h.detach().requires_grad_(True)
+        self._out = self._lin.output.detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self.loss_fn(self._out, self.y)
             (g,) = torch.autograd.grad(loss, self._out, create_graph=True)
         self._g = g
-        with torch.no_grad():
-            deltas = [g.detach()]  # deltas[k] = dl/dh_{k+1}, built top-down
-            for k in range(len(self._w) - 1, 0, -1):
-                deltas.insert(0, (c[k] * (deltas[0] @ self._w[k])) * d[k - 1])
-        self._deltas = deltas
+        self._deltas = [None] * model.depth  # deltas[k] = dl/dh_{k+1}
+        for k, delta in self._lin.backpropagate(g.detach()):
+            self._deltas[k] = delta
 
     def _output_hvp(self, r_out: torch.Tensor) -> torch.Tensor:
         if not self._g.requires_grad:  # loss linear in the output
@@ -156,23 +145,15 @@ class HessianOperator:
 
     @torch.no_grad()
     def _matvec_rop(self, vs):
-        c, w, a, d, deltas = self.model.multipliers, self._w, self._a, self._d, self._deltas
-        depth = len(w)
-        r_acts = []  # R{a_k} for k = 1..depth-1
-        r_h = None
-        for k in range(depth):  # forward: R{h_k} = c_k (a_{k-1} V_k^T + R{a_{k-1}} W_k^T)
-            r_h = a[k] @ vs[k].T
-            if k > 0:
-                r_h.addmm_(r_acts[-1], w[k].T)
-            r_h.mul_(c[k])
-            if k < depth - 1:
-                r_acts.append(d[k] * r_h)
+        lin, deltas = self._lin, self._deltas
+        c, w, a, d = lin.multipliers, lin.weights, lin.inputs, lin.derivatives
+        r_h, r_a = lin.jvp(vs, return_inputs=True)  # R{h_l} and R{a_k}
         r_delta = self._output_hvp(r_h)
-        out = [None] * depth
-        for k in range(depth - 1, -1, -1):  # backward: R{G_k} = c_k (R{delta_k}^T a_{k-1} + delta_k^T R{a_{k-1}})
+        out = [None] * lin.depth
+        for k in range(lin.depth - 1, -1, -1):  # R{dl/dW_k} = c_k (R{delta_k}^T a_{k-1} + delta_k^T R{a_{k-1}})
             grad_k = r_delta.T @ a[k]
             if k > 0:
-                grad_k.addmm_(deltas[k].T, r_acts[k - 1])
+                grad_k.addmm_(deltas[k].T, r_a[k])
                 # R{delta_{k-1}} = c_k (R{delta_k} W_k + delta_k V_k) * D_{k-1}
                 r_delta = (r_delta @ w[k]).addmm_(deltas[k], vs[k]).mul_(c[k]).mul_(d[k - 1])
             out[k] = grad_k.mul_(c[k])

@@ -6,13 +6,13 @@ Layout: over ``n`` samples and ``d_out`` outputs,
 row ``i*d_out + o``.  Vectors acting on it are flat ``n*d_out`` tensors in the same order (the
 ``reshape(-1)`` of an ``(n, d_out)`` tensor such as a residual ``f - y``).
 
-Why it is cheap: with ``h_k = c_k W_k phi(h_{k-1})``, ``df_o(x_i)/dW_k = c_k B_k[i, o] a_{k-1}[i]^T``
-where ``a_{k-1} = phi(h_{k-1})`` (``a_0 = x``) and ``B_k[i, o] = df_o(x_i)/dh_k``.  Hence layer ``k``
-contributes ``c_k^2 (a_{k-1} a_{k-1}^T)[i, j] * (B_k B_k^T)[(i, o), (j, o')]``: an activation Gram
-matrix times a backpropagated-signal Gram matrix, never a per-parameter Jacobian (on 256
-samples x 10 outputs of a 2 M-parameter MLP: 2.5 s against 237 s, torch 2.13 on a 2-core CPU).  Products
-``K v = J (J^T v)/n`` are one backward pass (``J^T v``, the weight gradients of ``<f, v>``) and one
-forward-mode pass, both written with matrix products and a stored forward pass.
+Why it is cheap (notation and recursions: ``nup.core.mlp``'s docstring): ``df_o(x_i)/dW_k =
+c_k B_k[i, o]^T a_{k-1}[i]`` with the signals ``B_k[i, o] = df_o(x_i)/dh_k`` batched over the outputs,
+so layer ``k`` contributes ``c_k^2 (a_{k-1} a_{k-1}^T)[i, j] * (B_k B_k^T)[(i, o), (j, o')]``: an
+activation Gram matrix times a backpropagated-signal Gram matrix, never a per-parameter Jacobian
+(on 256 samples x 10 outputs of a 2 M-parameter MLP: 2.5 s against 237 s, torch 2.13 on a 2-core CPU).  Products
+``K v = J (J^T v)/n`` are one backward pass (``J^T v``, ``Linearization.weight_gradients``) and one
+forward-mode pass (``Linearization.jvp``) over one stored forward pass (``MLP.linearize``).
 """
 
 from __future__ import annotations
@@ -52,21 +52,6 @@ def _layer_weights(model: MLP, layer_weights: Sequence[float] | None) -> list[fl
 
 
 @torch.no_grad()
-def _forward(model: MLP, x: torch.Tensor):
-    """``a = [a_0, ..., a_{l-1}]`` (layer inputs), ``d = [D_1, ..., D_{l-1}]`` (``phi'(h_k)``) and the output."""
-    act, c = model.activation, model.multipliers
-    weights = [layer.weight.detach() for layer in model.layers]
-    a, d = [x.to(weights[0].dtype)], []
-    h = a[0]
-    for k, w in enumerate(weights):
-        h = c[k] * (a[-1] @ w.T)
-        if k < len(weights) - 1:
-            d.append(act.derivative(h))
-            a.append(act(h))
-    return weights, a, d, h
-
-
-@torch.no_grad()
 def empirical_ntk(model: MLP, x: torch.Tensor, divide_by_n: bool = True, return_layers: bool = False,
                   layer_weights: Sequence[float] | None = None):
     """The empirical NTK ``(n*d_out, n*d_out)`` (sample-major, see the module docstring) of a nup MLP.
@@ -78,25 +63,21 @@ def empirical_ntk(model: MLP, x: torch.Tensor, divide_by_n: bool = True, return_
     model = _check_mlp(model)
     check_model_data(model, x)
     factors = _layer_weights(model, layer_weights)
-    weights, a, d, out = _forward(model, x)
-    n, d_out = out.shape
-    c = model.multipliers
+    lin = model.linearize(x)
+    n, d_out = lin.output.shape
+    c, dtype, device = lin.multipliers, lin.output.dtype, lin.output.device
     scale = 1.0 / n if divide_by_n else 1.0
-    # B[i, o, :] = df_o(x_i)/dh_k, starting from the output layer where it is the identity.
-    b = torch.eye(d_out, dtype=out.dtype, device=out.device).expand(n, d_out, d_out)
-    total = torch.zeros(n * d_out, n * d_out, dtype=out.dtype, device=out.device)
+    total = torch.zeros(n * d_out, n * d_out, dtype=dtype, device=device)
     layers = []
-    for k in range(model.depth - 1, -1, -1):
+    for k, b in lin.backpropagate():  # b = B_{k+1}, (n, d_out, m_{k+1})
         flat = b.reshape(n * d_out, -1)
         signal_gram = (flat @ flat.T).view(n, d_out, n, d_out)
-        activation_gram = a[k] @ a[k].T
+        activation_gram = lin.inputs[k] @ lin.inputs[k].T
         contribution = (signal_gram * activation_gram[:, None, :, None]).reshape(n * d_out, n * d_out)
         contribution.mul_(c[k] ** 2 * factors[k] * scale)
         total += contribution
         if return_layers:
             layers.insert(0, contribution)
-        if k > 0:
-            b = (b @ (c[k] * weights[k])) * d[k - 1][:, None, :]
     return (total, layers) if return_layers else total
 
 
@@ -110,21 +91,18 @@ def ntk_trace(model: MLP, x: torch.Tensor, divide_by_n: bool = True, per_layer: 
     """
     model = _check_mlp(model)
     check_model_data(model, x)
-    weights, a, d, out = _forward(model, x)
-    n, d_out = out.shape
-    c = model.multipliers
+    lin = model.linearize(x)
+    n, d_out = lin.output.shape
+    c = lin.multipliers
     if chunk_size is None:
         chunk_size = max(1, 4_000_000 // (d_out * max(model.widths)))
     per = torch.zeros(model.depth, dtype=torch.float64)
     for start in range(0, n, chunk_size):
-        rows = slice(start, start + chunk_size)
-        b = torch.eye(d_out, dtype=out.dtype, device=out.device).expand(len(a[0][rows]), d_out, d_out)
-        for k in range(model.depth - 1, -1, -1):
+        chunk = lin.rows(slice(start, start + chunk_size))
+        for k, b in chunk.backpropagate():
             signal = (b * b).sum(dim=(1, 2))
-            activation = (a[k][rows] ** 2).sum(dim=1)
+            activation = (chunk.inputs[k] ** 2).sum(dim=1)
             per[k] += c[k] ** 2 * float((signal * activation).sum())
-            if k > 0:
-                b = (b @ (c[k] * weights[k])) * d[k - 1][rows][:, None, :]
     if divide_by_n:
         per /= n
     traces = per.tolist()
@@ -135,8 +113,8 @@ class NTKOperator:
     """``v -> K v`` for the empirical NTK, never forming ``K`` or the Jacobian.
 
     ``"manual"`` (nup MLPs, the default there): backward then forward-mode pass by matrix
-    products over one stored forward pass, about 4 matrix products per layer.  ``"func"`` (any
-    model): ``torch.func.vjp`` then ``torch.func.jvp``.  ``n_products`` counts the products.
+    products over one stored forward pass (``MLP.linearize``), about 4 matrix products per layer.
+    ``"func"`` (any model): ``torch.func.vjp`` then ``torch.func.jvp``.  ``n_products`` counts the products.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, divide_by_n: bool = True, method: str = "auto",
@@ -148,7 +126,8 @@ class NTKOperator:
         if method == "manual":
             _check_mlp(model)
             self._factors = _layer_weights(model, layer_weights)
-            self._weights, self._a, self._d, out = _forward(model, x)
+            self._lin = model.linearize(x)
+            out = self._lin.output
         else:
             if layer_weights is not None:
                 raise ValueError("layer_weights needs method='manual' (a nup MLP)")
@@ -177,24 +156,9 @@ class NTKOperator:
 
     __call__ = matvec
 
-    @torch.no_grad()
     def _matvec_manual(self, v: torch.Tensor) -> torch.Tensor:
-        c, w, a, d = self.model.multipliers, self._weights, self._a, self._d
-        depth = len(w)
-        # Backward: u_k = J_k^T v = c_k delta_k^T a_{k-1}, with delta_l = v.
-        delta, tangents = v, [None] * depth
-        for k in range(depth - 1, -1, -1):
-            tangents[k] = (delta.T @ a[k]).mul_(c[k] * self._factors[k])
-            if k > 0:
-                delta = (delta @ w[k]).mul_(c[k]).mul_(d[k - 1])
-        # Forward mode along u: R{h_k} = c_k (a_{k-1} U_k^T + R{a_{k-1}} W_k^T), R{a_k} = D_k R{h_k}.
-        r_h = None
-        for k in range(depth):
-            new = a[k] @ tangents[k].T
-            if k > 0:
-                new.addmm_(d[k - 1] * r_h, w[k].T)
-            r_h = new.mul_(c[k])
-        return r_h
+        # J^T v by the backward recursion, then J (J^T v) by forward mode (``nup.core.mlp``).
+        return self._lin.jvp(self._lin.weight_gradients(v, self._factors))
 
     def _matvec_func(self, v: torch.Tensor) -> torch.Tensor:
         (u,) = self._vjp(v)
