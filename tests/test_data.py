@@ -143,6 +143,9 @@ def test_tables_agree(fetch):
         ({"n": 10, "classes": ()}, r"classes=\(\)"),
         ({"n": 10, "seed": -1}, r"seed=-1"),
         ({"n": 10, "dtype": torch.int64}, r"dtype=torch\.int64"),
+        ({"n": 10, "label_noise": 1.0}, r"label_noise=1\.0.*\[0, 1\)"),
+        ({"n": 10, "label_noise": -0.1}, r"label_noise=-0\.1"),
+        ({"n": 10, "label_noise": "0.1"}, r"label_noise='0\.1'"),
     ],
 )
 def test_load_fashion_mnist_validation(monkeypatch, tmp_path, kwargs, pattern):
@@ -214,6 +217,60 @@ def test_fashion_mnist_class_subset():
     # Re-indexing: label 0 means class 7, 1 means class 2; check via the matching images.
     rows = {tuple(r) for r in full_x[full_labels == 7][:, :50].tolist()}
     assert all(tuple(r) in rows for r in x[labels == 0][:, :50].tolist())
+
+
+@pytest.mark.parametrize("n,n_classes,fraction", [(1000, 10, 0.3), (101, 2, 0.5), (50, 10, 0.0), (7, 3, 0.99)])
+def test_corrupt_labels_flips_exactly_the_fraction_to_other_classes(n, n_classes, fraction):
+    labels = np.arange(n) % n_classes
+    noisy = data.corrupt_labels(labels, fraction, n_classes, seed=5)
+    changed = noisy != labels
+    assert changed.sum() == round(fraction * n)  # every corrupted label is another class
+    assert noisy.min() >= 0 and noisy.max() < n_classes and noisy.dtype == np.int64
+    assert np.array_equal(noisy, data.corrupt_labels(labels, fraction, n_classes, seed=5))
+    assert np.array_equal(labels, np.arange(n) % n_classes)  # the input is not modified
+    if fraction and n > 100:
+        assert not np.array_equal(noisy, data.corrupt_labels(labels, fraction, n_classes, seed=6))
+
+
+def test_corrupt_labels_draws_the_new_class_uniformly_among_the_others():
+    labels = np.zeros(20000, dtype=np.int64)
+    noisy = data.corrupt_labels(labels, 0.9, 10, seed=0)
+    counts = np.bincount(noisy, minlength=10)
+    assert counts[0] == 2000
+    assert np.all(np.abs(counts[1:] - 2000) < 5 * np.sqrt(2000))  # 18000 spread over 9 classes
+
+
+@needs_data
+def test_fashion_mnist_label_noise_changes_only_the_labels():
+    x, y = data.load_fashion_mnist(200, seed=3, device=CPU, target="labels")
+    x0, y0 = data.load_fashion_mnist(200, seed=3, device=CPU, target="labels", label_noise=0.0)
+    xn, yn = data.load_fashion_mnist(200, seed=3, device=CPU, target="labels", label_noise=0.25)
+    _, yh = data.load_fashion_mnist(200, seed=3, device=CPU, label_noise=0.25)
+    assert torch.equal(x, x0) and torch.equal(y, y0) and torch.equal(x, xn)
+    assert (yn != y).sum() == 50 and torch.equal(yh.argmax(1), yn)
+
+
+@needs_data
+def test_run_config_label_noise_reaches_the_training_labels_not_the_test_labels():
+    import nup
+    from nup.training.loop import load_data
+
+    config = nup.RunConfig(n_train=100, n_test=100, label_noise=0.5, loss="ce")
+    x, y, (xt, yt) = load_data(config, CPU, torch.float32)
+    x0, y0, (xt0, yt0) = load_data(config.replace(label_noise=0.0), CPU, torch.float32)
+    assert torch.equal(x, x0) and (y != y0).sum() == 50
+    assert torch.equal(xt, xt0) and torch.equal(yt, yt0)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(label_noise=1.0), r"label_noise=1\.0"), (dict(label_noise=-0.5), r"label_noise=-0\.5"),
+    (dict(dataset="teacher", label_noise=0.1), r"label_noise=0\.1 only applies to dataset='fashion_mnist'"),
+])
+def test_run_config_rejects_bad_label_noise(kwargs, pattern):
+    import nup
+
+    with pytest.raises(ValueError, match=pattern):
+        nup.RunConfig(**kwargs)
 
 
 @needs_data

@@ -21,7 +21,7 @@ import torch
 import nup
 from nup import RunConfig, train
 from nup.linalg.tangent_kernel import empirical_ntk
-from nup.diagnostics.updates import EveryStepUpdateTracker, UpdateTracker
+from nup.diagnostics.updates import EveryStepUpdateTracker, LaggedUpdateCosine, UpdateTracker
 from nup.training.config import LOSS_FUNCTIONS, TrainContext
 from nup.training.loop import load_data
 
@@ -148,6 +148,54 @@ def test_every_step_update_tracker_ignores_diagnostic_every(monkeypatch):
     every_step = update_rows(train(config.replace(diagnostics=("updates",), diagnostic_every=1)).df)
     df = update_rows(train(config.replace(diagnostics=("updates_every_step",))).df)
     pd.testing.assert_frame_equal(df, every_step, check_exact=True)
+
+
+def test_every_step_and_lag_diagnostics_are_registered():
+    assert nup.DIAGNOSTICS["updates_every_step"] is EveryStepUpdateTracker
+    assert nup.DIAGNOSTICS["update_lags"] is LaggedUpdateCosine
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_lagged_update_cosines_match_float64_snapshots(case):
+    """``cos_cumulative_k{k}`` at step s is cos(theta_{s+1} - theta_{s+1-k}, theta_{s+1-k} - theta_0)."""
+    config = RunConfig(**dict(TINY, steps=16), **CASES[case], diagnostics=("update_lags",), diagnostic_every=5)
+    df = train(config).df
+    snapshots, _ = manual_snapshots(config)
+
+    def flat(t, layer):
+        parts = snapshots[t] if layer == 0 else [snapshots[t][layer - 1]]
+        return np.concatenate([p.ravel() for p in parts])
+
+    for k in LaggedUpdateCosine.LAGS:
+        for layer in range(config.depth + 1):
+            cos = recorded(df, f"cos_cumulative_k{k}", layer)
+            assert sorted(cos) == list(range(k, config.steps))  # every step whose window starts after theta_0
+            for s in cos:
+                start = s + 1 - k
+                expected = np_cos(flat(s + 1, layer) - flat(start, layer), flat(start, layer) - flat(0, layer))
+                assert cos[s] == pytest.approx(expected, abs=1e-10)
+
+
+def test_lag_one_is_the_every_step_cosine(monkeypatch):
+    monkeypatch.setattr(LaggedUpdateCosine, "LAGS", (1, 3))
+    config = RunConfig(**TINY, **CASES["mup momentum"], diagnostics=("update_lags", "updates_every_step"),
+                       diagnostic_every=4)
+    df = train(config).df
+    for layer in range(config.depth + 1):
+        lag1, cos = recorded(df, "cos_cumulative_k1", layer), recorded(df, "cos_cumulative", layer)
+        assert sorted(lag1) == list(range(1, config.steps))
+        assert all(lag1[s] == pytest.approx(cos[s], abs=1e-12) for s in lag1)
+    k3 = recorded(df, "cos_cumulative_k3", 0)
+    assert any(abs(k3[s] - recorded(df, "cos_cumulative", 0)[s]) > 1e-3 for s in k3)  # a different quantity
+
+
+@pytest.mark.parametrize("lags,pattern", [((), "lags=()"), ((2, 2), r"lags=\(2, 2\)"), ((0,), "lags=0")])
+def test_lagged_update_cosine_validates_lags(lags, pattern):
+    config = RunConfig(**TINY)
+    model, x, y, _, _ = nup_train.build_model_and_data(config)
+    ctx = TrainContext(config, model, None, x, y, LOSS_FUNCTIONS["mse"])
+    with pytest.raises(ValueError, match=pattern):
+        LaggedUpdateCosine(ctx, lags=lags)
 
 
 def test_update_tracker_every_is_validated():

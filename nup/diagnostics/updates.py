@@ -22,8 +22,16 @@ What is computed when (all in ``after_step(s)``, which sees ``theta_{s+1}`` afte
 * at every other step: nothing but integer arithmetic.
 
 So a run costs two weight copies and one row computation per ``diagnostic_every`` steps, and holds
-at most three copies of the weights.  ``EveryStepUpdateTracker`` records every step whatever
-``diagnostic_every`` says.
+at most three copies of the weights.  ``EveryStepUpdateTracker`` (registered as
+``"updates_every_step"``) records every step whatever ``diagnostic_every`` says.
+
+``LaggedUpdateCosine`` (``"update_lags"``) measures multi-step updates at every step: the row
+``cos_cumulative_k{k}`` of step ``s`` is ``cos(theta_{s+1} - theta_{s+1-k}, theta_{s+1-k} - theta_0)``,
+the cosine of the ``k``-step update that ends with the update of step ``s`` and the cumulative
+update before it (per layer and globally; from ``s = k`` on, where ``theta_{s+1-k} != theta_0``).
+For ``k = 1`` it is ``cos_cumulative``.  A ``k``-step update averages over ``k`` steps, so with
+``k = 2`` it filters the period-2 oscillation of the Edge of Stability.  It holds ``max(lags) + 1``
+copies of the weights and takes one copy per step.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import math
+from collections import deque
 
 import torch
 
@@ -39,7 +48,7 @@ from nup.validation import check_int
 if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
     from nup.training.config import TrainContext
 
-__all__ = ["UpdateTracker", "EveryStepUpdateTracker", "cosine"]
+__all__ = ["UpdateTracker", "EveryStepUpdateTracker", "LaggedUpdateCosine", "cosine"]
 
 
 def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -125,6 +134,48 @@ class EveryStepUpdateTracker(UpdateTracker):
 
     def __init__(self, ctx: TrainContext):
         super().__init__(ctx, every=1)
+
+
+class LaggedUpdateCosine:
+    """Every step ``s``: ``cos_cumulative_k{k}`` for each ``k`` in ``lags`` (module docstring)."""
+
+    LAGS = (2, 10)
+
+    def __init__(self, ctx: TrainContext, lags: tuple[int, ...] | None = None):
+        lags = self.LAGS if lags is None else tuple(lags)
+        if not lags or len(set(lags)) != len(lags):
+            raise ValueError(f"lags={lags!r} is not allowed; lags must be distinct integers >= 1")
+        self.lags = tuple(check_int("lags", k, minimum=1) for k in lags)
+        self.weights = [layer.weight for layer in ctx.model.layers]
+        self.initial = [w.detach().clone() for w in self.weights]
+        self.history: deque[list[torch.Tensor]] = deque([self.initial], maxlen=max(self.lags))  # theta_{s+1-K..s}
+
+    def __call__(self, step, ctx, preactivations):
+        return []  # everything is measured after the optimizer step
+
+    @torch.no_grad()
+    def after_step(self, step, ctx):
+        """Called after the update of ``step``, with ``theta_{step+1}`` live; ``history[-k]`` is ``theta_{step+1-k}``."""
+        rows = []
+        lags = [k for k in self.lags if step + 1 - k >= 1]
+        if lags:
+            dots = []
+            for k in lags:
+                start = self.history[-k]
+                for w, b, w0 in zip(self.weights, start, self.initial):
+                    u, d = w.detach() - b, b - w0
+                    dots += [(u * u).sum(), (d * d).sum(), (u * d).sum()]
+            values = iter(torch.stack(dots).tolist())
+            for k in lags:
+                name = f"cos_cumulative_k{k}"
+                total = [0.0, 0.0, 0.0]
+                for layer in range(1, len(self.weights) + 1):
+                    uu, dd, ud = next(values), next(values), next(values)
+                    total = [total[0] + uu, total[1] + dd, total[2] + ud]
+                    rows.append((name, layer, _safe_cos(ud, uu, dd)))
+                rows.append((name, 0, _safe_cos(total[2], total[0], total[1])))
+        self.history.append([w.detach().clone() for w in self.weights])
+        return rows
 
 
 def _safe_cos(dot: float, sq_u: float, sq_v: float) -> float:

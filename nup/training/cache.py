@@ -36,12 +36,20 @@ def _cached_function(cache_dir):
     return memory.cache(_train_from_dict)
 
 
+# Fields added after results were cached: left out of the key at their default, so that adding an
+# option keeps every earlier result valid (a run at the default is the run from before the field).
+KEY_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "optimizer": "sgd", "n_val": 0, "full_loss": True}
+
+
 def _key(config: RunConfig):
     from nup import __version__
 
     config.validate()
     values = config.as_dict()
     values["device"] = resolve_device(config.device).type
+    for name, default in KEY_OMITTED_AT_DEFAULT.items():
+        if values[name] == default:
+            del values[name]
     return values, __version__
 
 

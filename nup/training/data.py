@@ -176,6 +176,7 @@ def load_fashion_mnist(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     classes: Iterable[int] | None = None,
+    label_noise: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded, class-balanced subset of n Fashion-MNIST samples.
 
@@ -184,6 +185,8 @@ def load_fashion_mnist(
     target="onehot" (MSE), or (n,) int64 labels for target="labels" (cross-entropy).
     ``classes`` restricts to a subset of labels, re-indexed 0..len(classes)-1 in the given order.
     Samples are shuffled (classes interleaved); the same seed gives identical tensors.
+    ``label_noise``: the fraction of samples whose label is replaced by a different class
+    (``corrupt_labels``, seeded by ``seed``); the images and the subset do not change with it.
     """
     # Validate everything before touching the disk; split sizes are fixed, Fashion-MNIST is exactly balanced.
     if split not in SPLIT_FILES:
@@ -193,6 +196,7 @@ def load_fashion_mnist(
     chosen = check_classes(classes)
     check_int("n", n, minimum=1)
     check_int("seed", seed, minimum=0)
+    check_label_noise(label_noise)
     _check_float_dtype(dtype)
     available = SPLIT_SIZES[split] // NUM_CLASSES * len(chosen)
     if n > available:
@@ -220,10 +224,36 @@ def load_fashion_mnist(
     x = (images[idx].reshape(n, -1).astype(np_dtype) - mean.astype(np_dtype)) / np_dtype(std)
     remap = np.full(NUM_CLASSES, -1, dtype=np.int64)
     remap[list(chosen)] = np.arange(len(chosen))
-    y = torch.from_numpy(remap[labels[idx]])
+    y = remap[labels[idx]]
+    if label_noise:
+        y = corrupt_labels(y, label_noise, len(chosen), seed)
+    y = torch.from_numpy(y)
     if target == "onehot":
         y = torch.nn.functional.one_hot(y, len(chosen)).to(dtype)
     return torch.from_numpy(x).to(device=device, dtype=dtype), y.to(device)
+
+
+def check_label_noise(label_noise) -> float:
+    """``label_noise`` must be a number in [0, 1)."""
+    ok = isinstance(label_noise, (int, float, np.floating)) and not isinstance(label_noise, bool)
+    if not ok or not 0 <= label_noise < 1:
+        raise ValueError(f"label_noise={label_noise!r} is invalid; give the fraction of corrupted labels, "
+                         "a number in [0, 1)")
+    return float(label_noise)
+
+
+def corrupt_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: int) -> np.ndarray:
+    """A copy of ``labels`` (ints in ``0..n_classes-1``) in which ``round(fraction * n)`` samples, drawn
+    without replacement, carry a uniformly drawn *different* class.  Seeded by ``seed`` through a stream
+    of its own, so the same seed corrupts the same samples whatever else it seeds."""
+    fraction = check_label_noise(fraction)
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng([seed, 0x1ABE1])
+    flipped = rng.choice(len(labels), size=int(round(fraction * len(labels))), replace=False)
+    out = labels.copy()
+    # A shift by 1..n_classes-1 (mod n_classes) is a uniform draw among the other classes.
+    out[flipped] = (labels[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    return out
 
 
 # ---------------------------------------------------------------------------- teacher task

@@ -80,7 +80,8 @@ def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
         return x[:n], y[:n], (x[n:], y[n:]) if config.n_test else (None, None)
     target = "onehot" if config.loss == "mse" else "labels"
     x, y = nup_data.load_fashion_mnist(config.n_train, split="train", seed=config.data_seed, target=target,
-                                       dtype=dtype, device=device, classes=config.classes)
+                                       dtype=dtype, device=device, classes=config.classes,
+                                       label_noise=config.label_noise)  # the test labels stay clean
     test = (None, None)
     if config.n_test:
         test = nup_data.load_fashion_mnist(config.n_test, split="test", seed=config.data_seed, target=target,
