@@ -24,10 +24,12 @@ from nup.training import data as nup_data
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["RunConfig", "RunResult", "TrainContext", "mse_loss", "cross_entropy_loss", "LOSS_FUNCTIONS", "LOSSES"]
+__all__ = ["RunConfig", "RunResult", "TrainContext", "mse_loss", "cross_entropy_loss", "LOSS_FUNCTIONS", "LOSSES",
+           "OPTIMIZERS"]
 
 
 LOSSES = ("mse", "ce")
+OPTIMIZERS = ("sgd", "adam")  # sgd: the parameterization's NormalizedSGD; adam: torch.optim.Adam on its groups
 DATASETS = {"fashion_mnist": 60_000, "teacher": 1_000_000}
 TEST_SIZES = {"fashion_mnist": 10_000, "teacher": 1_000_000}
 
@@ -61,10 +63,12 @@ class RunConfig:
     steps: int = 100
     batch_size: int | None = None  # None: full-batch gradient descent
     momentum: float = 0.0
+    optimizer: str = "sgd"  # "adam": torch.optim.Adam (betas 0.9, 0.999) on the parameterization's groups
     loss: str = "mse"
     dataset: str = "fashion_mnist"
     n_train: int = 256
     n_test: int = 0
+    n_val: int = 0  # validation samples held out of the training split (fashion_mnist): val_loss, val_accuracy
     classes: tuple[int, ...] | None = None
     label_noise: float = 0.0  # fraction of training labels replaced by another class (fashion_mnist)
     seed: int = 0
@@ -74,6 +78,7 @@ class RunConfig:
     record_every: int = 1
     diagnostics: tuple[str, ...] = ()
     diagnostic_every: int = 10
+    full_loss: bool = True  # with mini-batches, also the loss on all n_train samples at each diagnostic step
     probe_size: int = 64
     schedule: str = "constant"
     schedule_options: tuple[tuple[str, object], ...] = ()
@@ -104,10 +109,14 @@ class RunConfig:
         check_positive("lr", self.lr)
         check_int("steps", self.steps, minimum=0)
         check_nonnegative("momentum", self.momentum)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("dataset", self.dataset, DATASETS)
         check_int("n_train", self.n_train, minimum=1, maximum=DATASETS[self.dataset])
         check_int("n_test", self.n_test, minimum=0, maximum=TEST_SIZES[self.dataset])
+        check_int("n_val", self.n_val, minimum=0, maximum=DATASETS[self.dataset] - self.n_train)
+        if self.n_val and self.dataset != "fashion_mnist":
+            raise ValueError(f"n_val={self.n_val!r} only applies to dataset='fashion_mnist'; leave it 0")
         if self.batch_size is not None:
             check_int("batch_size", self.batch_size, minimum=1, maximum=self.n_train)
         check_int("seed", self.seed, minimum=0)
@@ -116,6 +125,8 @@ class RunConfig:
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_int("record_every", self.record_every, minimum=1)
         check_int("diagnostic_every", self.diagnostic_every, minimum=1)
+        if not isinstance(self.full_loss, bool):
+            raise ValueError(f"full_loss={self.full_loss!r} is not allowed; full_loss must be True or False")
         check_int("probe_size", self.probe_size, minimum=1)
         for name in self.diagnostics:
             check_choice("diagnostics", name, DIAGNOSTICS)
@@ -131,6 +142,14 @@ class RunConfig:
             raise ValueError(f"label_noise={self.label_noise!r} only applies to dataset='fashion_mnist'; leave it 0")
         if self.dataset == "teacher" and self.loss == "ce":
             raise ValueError("loss='ce' needs class labels; dataset='teacher' is a regression task, use loss='mse'")
+        if self.optimizer == "adam":
+            if self.momentum:
+                raise ValueError(f"momentum={self.momentum!r} is not allowed with optimizer='adam' (its betas are "
+                                 "0.9, 0.999); leave momentum 0")
+            normalize = self.build_parameterization().normalize
+            if normalize != "none":
+                raise ValueError(f"optimizer='adam' takes the raw gradient, but parameterization "
+                                 f"{self.parameterization!r} uses normalize={normalize!r}; set normalize='none'")
 
     def replace(self, **changes) -> RunConfig:
         values = asdict(self)
@@ -176,4 +195,6 @@ class TrainContext:
     loss_fn: Callable
     x_test: torch.Tensor | None = None
     y_test: torch.Tensor | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
     state: dict = field(default_factory=dict)

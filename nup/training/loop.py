@@ -1,10 +1,10 @@
 """Training runs: one frozen ``RunConfig`` in, one long-format ``DataFrame`` out.
 
 ``train(config)`` builds the data, the model (through its parameterization), the optimizer
-and an optional learning-rate schedule, runs full-batch GD (``batch_size=None``) or
-mini-batch SGD, and records ``(step, metric, layer, value)`` rows; ``layer = 0`` means the
-whole network.  A run whose loss or gradient becomes NaN or inf stops and is returned with
-``diverged_step`` set: divergence is a result, not an exception.  The gradient check is one fused
+(``build_optimizer``: the parameterization's SGD, or Adam) and an optional learning-rate schedule,
+runs full-batch GD (``batch_size=None``) or mini-batch SGD, and records ``(step, metric, layer,
+value)`` rows; ``layer = 0`` means the whole network.  A run whose loss or gradient becomes NaN or
+inf stops and is returned with ``diverged_step`` set: divergence is a result, not an exception.  The gradient check is one fused
 reduction per step (``gradients_finite``), not one check per tensor.
 
 Threads.  Every run executes under ``THREADS`` (1) torch intra-op threads, set on entry and
@@ -15,6 +15,12 @@ gives the same DataFrame, bit for bit, on any core count and through any sweep b
 (``nup.training.sweep`` runs in parallel across runs instead); see the README for what remains
 machine-dependent (the CPU's vector instruction set, CUDA).
 
+Data.  ``n_val > 0`` holds a validation split out of the training split: one class-balanced draw of
+``n_train + n_val`` training images, of which the last ``n_val`` are never trained on
+(``load_validation``; ``val_loss`` and ``val_accuracy`` at each diagnostic step, like the test
+metrics).  The draws are memoized per process (``_load_splits``), so the runs of a sweep that share
+their data load it once; the tensors are shared between those runs and never modified in place.
+
 The config, result and context types live in ``nup.training.config``.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import pandas as pd
@@ -35,7 +42,8 @@ from nup.training.config import LOSS_FUNCTIONS, RunConfig, RunResult, TrainConte
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_int
 
-__all__ = ["train", "build_model_and_data", "load_data", "gradients_finite", "torch_threads", "THREADS"]
+__all__ = ["train", "build_model_and_data", "build_optimizer", "load_data", "load_validation", "gradients_finite",
+           "torch_threads", "THREADS"]
 
 THREADS = 1  # torch intra-op threads of every run: part of what makes a result reproducible
 
@@ -73,20 +81,48 @@ def torch_threads(threads: int | None = None):
 
 
 def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
-    """``(x, y, x_test, y_test)``; targets are one-hot for MSE and labels for cross-entropy."""
-    if config.dataset == "teacher":
-        x, y = nup_data.teacher_task(config.n_train + config.n_test, seed=config.data_seed, dtype=dtype, device=device)
-        n = config.n_train
-        return x[:n], y[:n], (x[n:], y[n:]) if config.n_test else (None, None)
-    target = "onehot" if config.loss == "mse" else "labels"
-    x, y = nup_data.load_fashion_mnist(config.n_train, split="train", seed=config.data_seed, target=target,
-                                       dtype=dtype, device=device, classes=config.classes,
-                                       label_noise=config.label_noise)  # the test labels stay clean
-    test = (None, None)
-    if config.n_test:
-        test = nup_data.load_fashion_mnist(config.n_test, split="test", seed=config.data_seed, target=target,
-                                           dtype=dtype, device=device, classes=config.classes)
+    """``(x, y, (x_test, y_test))``; targets are one-hot for MSE and labels for cross-entropy.  With
+    ``n_val > 0`` the training samples are the first ``n_train`` of one draw of ``n_train + n_val``."""
+    x, y, _, test = _load_splits(config, device, dtype)
     return x, y, test
+
+
+def load_validation(config: RunConfig, device: torch.device, dtype: torch.dtype):
+    """``(x_val, y_val)``: the last ``n_val`` samples of the training draw, which ``load_data`` leaves out of
+    the training samples; ``(None, None)`` when ``n_val = 0``."""
+    return _load_splits(config, device, dtype)[2]
+
+
+# The data-determining fields of a config: the key of the per-process memo of recent draws.
+_DATA_FIELDS = ("dataset", "loss", "n_train", "n_val", "n_test", "classes", "data_seed", "label_noise")
+_SPLITS: OrderedDict = OrderedDict()
+_MAX_SPLITS = 2
+
+
+def _load_splits(config: RunConfig, device: torch.device, dtype: torch.dtype):
+    """``(x, y, (x_val, y_val), (x_test, y_test))``, memoized for the last ``_MAX_SPLITS`` data configurations."""
+    key = (*(getattr(config, name) for name in _DATA_FIELDS), str(device), dtype)
+    if key in _SPLITS:
+        _SPLITS.move_to_end(key)
+        return _SPLITS[key]
+    n, none = config.n_train, (None, None)
+    if config.dataset == "teacher":
+        x, y = nup_data.teacher_task(n + config.n_test, seed=config.data_seed, dtype=dtype, device=device)
+        splits = x[:n], y[:n], none, (x[n:], y[n:]) if config.n_test else none
+    else:
+        target = "onehot" if config.loss == "mse" else "labels"
+        x, y = nup_data.load_fashion_mnist(n + config.n_val, split="train", seed=config.data_seed, target=target,
+                                           dtype=dtype, device=device, classes=config.classes,
+                                           label_noise=config.label_noise)  # the test labels stay clean
+        test = none
+        if config.n_test:
+            test = nup_data.load_fashion_mnist(config.n_test, split="test", seed=config.data_seed, target=target,
+                                               dtype=dtype, device=device, classes=config.classes)
+        splits = x[:n], y[:n], (x[n:], y[n:]) if config.n_val else none, test
+    _SPLITS[key] = splits
+    while len(_SPLITS) > _MAX_SPLITS:
+        _SPLITS.popitem(last=False)
+    return splits
 
 
 def build_model_and_data(config: RunConfig):
@@ -100,6 +136,15 @@ def build_model_and_data(config: RunConfig):
     return model, x, y, x_test, y_test
 
 
+def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``optimizer="sgd"``: the parameterization's ``NormalizedSGD`` (its update mode, ``momentum``);
+    ``"adam"``: ``torch.optim.Adam`` (betas 0.9, 0.999) over the same per-layer groups, so per-layer
+    rates carry over."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameterization.param_groups(model, config.lr), lr=config.lr)
+    return model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
+
+
 def train(config: RunConfig) -> RunResult:
     """Run one configuration under ``THREADS`` torch threads; see the module docstring."""
     with torch_threads():
@@ -110,8 +155,10 @@ def _train(config: RunConfig) -> RunResult:
     torch.manual_seed(config.seed)
     model, x, y, x_test, y_test = build_model_and_data(config)
     device = x.device
-    optimizer = model.parameterization.optimizer(model, config.lr, momentum=config.momentum)
-    ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS[config.loss], x_test, y_test)
+    x_val, y_val = load_validation(config, device, x.dtype)
+    optimizer = build_optimizer(config, model)
+    ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS[config.loss], x_test, y_test,
+                       x_val=x_val, y_val=y_val)
     scheduler = SCHEDULES[config.schedule](ctx)
     diagnostics = [DIAGNOSTICS[name](ctx) for name in config.diagnostics]
     batches = _batches(config, device)
@@ -134,9 +181,9 @@ def _train(config: RunConfig) -> RunResult:
             rows.append((step, "lr", 0, optimizer.param_groups[-1]["lr"]))
         if step % config.diagnostic_every == 0 or is_last:
             with torch.no_grad():
-                if idx is not None:
+                if idx is not None and config.full_loss:
                     rows.append((step, "loss", 0, ctx.loss_fn(model(x), y).item()))
-                if x_test is not None:
+                if x_test is not None or x_val is not None:
                     rows.extend((step, *r) for r in _test_metrics(ctx))
             for diagnostic in diagnostics:
                 rows.extend((step, *r) for r in diagnostic(step, ctx, preacts if idx is None else None))
@@ -180,11 +227,16 @@ def gradients_finite(params) -> bool:
 
 
 def _test_metrics(ctx: TrainContext):
-    out = ctx.model(ctx.x_test)
-    rows = [("test_loss", 0, ctx.loss_fn(out, ctx.y_test).item())]
-    labels = ctx.y_test if ctx.config.loss == "ce" else ctx.y_test.argmax(dim=1)
-    if ctx.config.dataset != "teacher":
-        rows.append(("test_accuracy", 0, (out.argmax(dim=1) == labels).double().mean().item()))
+    """``val_loss``, ``val_accuracy`` (with ``n_val``), ``test_loss``, ``test_accuracy`` (with ``n_test``)."""
+    rows = []
+    for prefix, x, y in (("val", ctx.x_val, ctx.y_val), ("test", ctx.x_test, ctx.y_test)):
+        if x is None:
+            continue
+        out = ctx.model(x)
+        rows.append((f"{prefix}_loss", 0, ctx.loss_fn(out, y).item()))
+        labels = y if ctx.config.loss == "ce" else y.argmax(dim=1)
+        if ctx.config.dataset != "teacher":
+            rows.append((f"{prefix}_accuracy", 0, (out.argmax(dim=1) == labels).double().mean().item()))
     return rows
 
 

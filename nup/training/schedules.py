@@ -38,6 +38,12 @@ the per-layer groups of ``nup.core.param``):
   direction, the same total scale as the global mode).  The norms are of the full-batch
   gradient on ``(x, y)`` at the current parameters: exact for full-batch GD without momentum.
 
+*Mini-batches.*  By default ``lambda_t`` (and the gradient norms of the normalized update) are measured
+on the whole training set, which costs a full pass per solver product.  The schedule option
+``probe_size`` (``RunConfig.schedule_options``) measures them on a fixed probe batch instead: the first
+``probe_size`` training samples (the same samples at every estimate; the order of ``load_data`` is
+already shuffled), which is what mini-batch training needs.
+
 Call ``step()`` after ``optimizer.step()``; the constructor already sets the rates of step 0
 from the geometry at initialization.  Every estimate is appended to ``log_rows`` as
 ``(step, metric, 0, value)`` rows (``schedule_eigenvalue``, ``schedule_eta``,
@@ -270,12 +276,18 @@ def _options(ctx: TrainContext, schedule: str, allowed: tuple[str, ...]) -> dict
     return options
 
 
-_GEOMETRIC_OPTIONS = ("c", "curvature", "every", "min_lr", "max_lr", "tol", "max_iter", "per_layer_scale")
+_GEOMETRIC_OPTIONS = ("c", "curvature", "every", "min_lr", "max_lr", "tol", "max_iter", "per_layer_scale",
+                      "probe_size")
 
 
 def _geometric(ctx: TrainContext) -> GeometricLR:
-    return GeometricLR(ctx.optimizer, ctx.model, ctx.loss_fn, ctx.x, ctx.y,
-                       **_options(ctx, "geometric", _GEOMETRIC_OPTIONS))
+    options = _options(ctx, "geometric", _GEOMETRIC_OPTIONS)
+    x, y = ctx.x, ctx.y
+    probe_size = options.pop("probe_size", None)
+    if probe_size is not None:  # the curvature on a fixed probe batch: the first probe_size training samples
+        probe_size = check_int("probe_size", probe_size, minimum=1, maximum=len(x))
+        x, y = x[:probe_size], y[:probe_size]
+    return GeometricLR(ctx.optimizer, ctx.model, ctx.loss_fn, x, y, **options)
 
 
 def _warmup_cosine(ctx: TrainContext) -> LambdaLR:
