@@ -349,3 +349,88 @@ def test_gradients_finite_is_exact(values, finite):
         params.append(p)
     params.append(torch.zeros(2, requires_grad=True))  # no gradient: ignored
     assert gradients_finite(params) is finite
+
+
+# ---------------------------------------------------------------------------- a dying parent
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux ``/proc``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (a dead child its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_workers_exit_when_the_sweep_process_is_killed(tmp_path):
+    # Runs far longer than the test: the workers are busy when their parent dies.
+    configs = [dict(BASE, steps=10_000_000, seed=seed) for seed in range(4)]
+    script = textwrap.dedent(f"""
+        from nup.training.sweep import sweep
+        sweep({configs!r}, n_jobs=2, backend="loky", cache=False, progress=False)
+    """)
+    env = dict(os.environ, TQDM_DISABLE="1", TMPDIR=str(tmp_path))  # the sweep's start markers land here
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("nup-sweep-*/*/*.started"))) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        workers = children(process.pid)
+        assert len(list(tmp_path.glob("nup-sweep-*/*/*.started"))) >= 2 and len(workers) >= 2, workers
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors = [pid for pid in workers if running(pid)]
+        assert survivors == [], f"processes the sweep started outlived it: {survivors}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in workers:  # only the processes this test's sweep started
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the fallback for a non-direct parent polls os.kill(pid, 0)")
+def test_a_worker_watching_a_process_that_is_not_its_parent_exits_when_it_dies():
+    watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    script = textwrap.dedent(f"""
+        import time
+        from nup.training.sweep import _exit_with_parent
+        _exit_with_parent({watched.pid}, poll_seconds=0.05)
+        print("watching", flush=True)
+        time.sleep(120)
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout.readline() == b"watching\n"
+        watched.kill()
+        watched.wait()
+        assert worker.wait(timeout=10) == 70
+        # Already gone at the start: exits at once.
+        late = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, timeout=60)
+        assert late.returncode == 70 and late.stdout == b""
+    finally:
+        for process in (watched, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

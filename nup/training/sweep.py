@@ -23,7 +23,8 @@ kept, the ones that never started are resubmitted, and the ones that were in fli
 bisected until the run that kills its worker runs alone; it is tried ``retries`` more times
 before it is reported as failed (in ``"serial"`` a dying run takes the sweep with it, as
 there is no worker).  Runs are written to the cache as they finish, so a sweep killed
-outright resumes where it stopped.  A diverged run is a result like any other
+outright resumes where it stopped, and its local workers exit with it, within a second even after
+SIGKILL (``_exit_with_parent``), instead of lingering as orphans.  A diverged run is a result like any other
 (``diverged``, ``diverged_step``).
 
 Determinism.  Every run executes under ``nup.training.loop.THREADS`` (1) torch threads, in this
@@ -40,6 +41,8 @@ import numbers
 import os
 import shutil
 import tempfile
+import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -234,6 +237,49 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, marker_
         _mark(marker_dir, f"{index}.finished")
 
 
+_WATCHDOG: threading.Thread | None = None
+
+
+def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.2) -> None:
+    """Make this local worker process exit (``os._exit``) within ``poll_seconds`` of the death of
+    ``parent_pid``, the process that drives the sweep, whatever killed it (SIGKILL included).
+
+    The loky initializer of every worker: a daemon thread polls ``os.getppid()``, which changes
+    when the parent dies (the worker is handed to init or a subreaper), so a killed sweep leaves
+    no orphans (loky's reusable workers would otherwise wait for work that never comes).  A thread
+    rather than ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the *thread* that started the
+    worker exits, not the process.  Where ``parent_pid`` is not the direct parent, its existence
+    is polled instead (POSIX only).
+    """
+    global _WATCHDOG
+    if _WATCHDOG is not None or parent_pid == os.getpid():
+        return
+    direct = os.getppid() == parent_pid
+
+    def alive() -> bool:
+        if direct:
+            return os.getppid() == parent_pid
+        if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+            return True
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(poll_seconds)
+        os._exit(70)  # nobody is left to report to
+
+    if not alive():
+        os._exit(70)
+    _WATCHDOG = threading.Thread(target=watch, name="nup-exit-with-parent", daemon=True)
+    _WATCHDOG.start()
+
+
 def _mark(marker_dir: str | None, name: str) -> None:
     """Tells the parent how far a run got, should its worker die before the result arrives.
     A worker that does not share the parent's file system leaves no markers visible there;
@@ -284,7 +330,9 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, bar) -> li
         pending = [i for i in pending if i not in outcomes]
     suspects: deque[list[int]] = deque()  # groups that were in flight when a worker died
     # With Dask, joblib uses every worker of the cluster; locally, n_jobs=1 would run in this process.
-    engine = dict(backend="dask", client=client) if client is not None else dict(backend="loky")
+    # Local workers exit with this process, even one killed with SIGKILL (_exit_with_parent).
+    engine = (dict(backend="dask", client=client) if client is not None else
+              dict(backend="loky", initializer=_exit_with_parent, initargs=(os.getpid(),)))
     n_jobs = -1 if client is not None else max(n_jobs, 2)
     marker_root = tempfile.mkdtemp(prefix="nup-sweep-")
     try:
