@@ -155,7 +155,8 @@ class LaggedUpdateCosine:
 
     @torch.no_grad()
     def after_step(self, step, ctx):
-        """Called after the update of ``step``, with ``theta_{step+1}`` live; ``history[-k]`` is ``theta_{step+1-k}``."""
+        """Called after the update of ``step``, with ``theta_{step+1}`` live; ``history[-k]`` is
+        ``theta_{step+1-k}``."""
         rows = []
         lags = [k for k in self.lags if step + 1 - k >= 1]
         if lags:

@@ -1,0 +1,314 @@
+"""nup.experiments.update_cosine: its statistics, summaries and claims on synthetic input with known answers."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import rankdata, spearmanr
+
+import nup
+from nup.experiments import update_cosine as e
+
+P = e.SCHEMA.validate(dict(depth=3, steps=40, n_train=32, probe_size=8, ntk_every=10, lrs=[0.1, 1.0], widths=[4, 8],
+                           batch_sizes=[0, 8], label_noises=[0.0, 0.5], momenta=[0.9], plain_width=16,
+                           plain_lrs=[0.01, 0.1], plain_batch_size=8, seeds=[0, 1, 2, 3, 4], n_jobs=1))
+
+
+
+@pytest.fixture(autouse=True)
+def fewer_resamples(monkeypatch):
+    monkeypatch.setattr(e, "N_BOOT", 200)  # the claims' bootstraps: enough for synthetic answers this clear
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+def test_average_ranks_equal_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        v = rng.integers(0, 5, rng.integers(1, 25)).astype(float)
+        np.testing.assert_allclose(e.average_ranks(v), rankdata(v))
+
+
+def test_partial_rank_correlation_without_controls_is_spearman():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=40), rng.normal(size=40)
+    y = y + x
+    assert e.partial_rank_correlation(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+
+
+def test_cells_remove_a_confound_that_reverses_the_raw_correlation():
+    """Within each cell y rises with x, but the cell with the larger x has much smaller y: the raw rank
+    correlation is negative, the within-cell one exactly 1."""
+    x = np.r_[np.arange(10), np.arange(10) + 10.0]
+    y = np.r_[np.arange(10) + 100.0, np.arange(10)]
+    cells = ["a"] * 10 + ["b"] * 10
+    assert e.partial_rank_correlation(x, y) < -0.4
+    assert e.partial_rank_correlation(x, y, cells) == pytest.approx(1.0)
+    assert e.partial_rank_correlation(x, -y, cells) == pytest.approx(-1.0)
+
+
+def test_a_covariate_that_drives_both_is_controlled_for():
+    """x and y both follow a covariate z plus independent noise: correlated raw, not once z is removed."""
+    rng = np.random.default_rng(2)
+    z = np.arange(400.0)
+    x, y = z + 20 * rng.normal(size=400), z + 20 * rng.normal(size=400)
+    assert e.partial_rank_correlation(x, y) > 0.9
+    assert abs(e.partial_rank_correlation(x, y, covariates=z)) < 0.15
+    # Indicators and a covariate together (the lstsq path) agree with indicators alone when z is constant.
+    cells = np.repeat([0, 1], 200)
+    assert e.partial_rank_correlation(x, y, cells, np.ones(400)) == pytest.approx(
+        e.partial_rank_correlation(x, y, cells), abs=1e-9)
+
+
+def test_partial_rank_correlation_is_nan_when_a_residual_is_constant():
+    x = np.r_[1.0, 2.0, 3.0, 4.0]
+    assert math.isnan(e.partial_rank_correlation(x, np.ones(4)))
+    assert math.isnan(e.partial_rank_correlation(x, x, cells=[0, 1, 2, 3]))  # one run per cell: nothing left
+
+
+def _runs(rng, n_seeds=5, slope=1.0, noise=0.0):
+    """Normalized runs in 4 (lr, width) cells whose feature learning is ``slope * cos + cell offset + noise``;
+    the cell with the larger lr has the smaller cosine and the larger feature learning (the confound)."""
+    rows = []
+    run = 0
+    for lr, width, offset in [(0.1, 4, 0.0), (1.0, 4, 5.0), (0.1, 8, 1.0), (1.0, 8, 6.0)]:
+        for knob, b in [("GD", 0), ("SGD b=8", 8), ("SGD b=2", 2)]:
+            for seed in range(n_seeds):
+                cos = (0.9 if lr < 1 else 0.2) - 0.1 * (b > 0) - 0.1 * (b == 2) + 0.01 * rng.normal()
+                fl = slope * cos + offset + noise * rng.normal()
+                rows.append(dict(run=run, family=e.NORMALIZED, width=width, lr=lr, batch_size=b, label_noise=0.0,
+                                 momentum=0.0, knob=knob, seed=seed, diverged=False, collapsed=False, mean_cos=cos,
+                                 mean_cos_k2=cos, mean_cos_k10=cos, mean_step=lr, ntk_change=fl, preact_change=fl,
+                                 alignment_gain=fl, distance=fl))
+                run += 1
+    return pd.DataFrame(rows)
+
+
+def test_fixed_step_correlation_sees_through_the_learning_rate():
+    runs = _runs(np.random.default_rng(3))
+    assert e.rank_correlation(runs, "mean_cos", "ntk_change") < -0.5  # the confound, across cells
+    assert e.fixed_step_correlation(runs, "mean_cos", "ntk_change") > 0.95
+    assert e.fixed_step_correlation(runs.assign(ntk_change=-runs.ntk_change), "mean_cos", "ntk_change") < -0.95
+    rows, statistic = e.fixed_step_statistic(runs, "mean_cos", "ntk_change", "cell+step")
+    assert statistic(np.arange(len(rows))) == pytest.approx(e.fixed_step_correlation(runs, "mean_cos", "ntk_change"))
+    with pytest.raises(ValueError, match="controls='lr'"):
+        e.fixed_step_correlation(runs, "mean_cos", "ntk_change", "lr")
+
+
+def test_partial_residuals_correlate_to_the_statistic():
+    runs = _runs(np.random.default_rng(4), noise=0.05)
+    rx, ry = e.partial_residuals(runs, "mean_cos", "preact_change")
+    assert np.corrcoef(rx, ry)[0, 1] == pytest.approx(e.fixed_step_correlation(runs, "mean_cos", "preact_change"))
+
+
+def test_lr_statistic_finds_the_cosine_falling_with_the_learning_rate():
+    runs = _runs(np.random.default_rng(5))
+    rows, statistic = e.lr_statistic(runs)
+    assert statistic(np.arange(len(rows))) < -0.8
+
+
+def test_seed_bootstrap_resamples_whole_seeds():
+    """Every run of a seed carries the seed's value: the statistic on a resample is a mean of seed values,
+    so the interval lies within their range, and with identical seeds it has zero width."""
+    runs = pd.DataFrame({"seed": np.repeat(np.arange(5), 3), "v": np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 3)})
+    values = runs.v.to_numpy()
+    est = e.seed_bootstrap(runs, lambda idx: float(values[idx].mean()), n_boot=200)
+    assert est.value == pytest.approx(3.0) and 1.0 <= est.low < 3.0 < est.high <= 5.0
+    flat = runs.assign(v=2.0)
+    est = e.seed_bootstrap(flat, lambda idx: float(flat.v.to_numpy()[idx].mean()), n_boot=50)
+    assert est.low == est.high == 2.0
+
+
+def test_seed_summary_averages_within_a_seed_first():
+    frame = pd.DataFrame({"g": ["a"] * 6, "seed": [0, 0, 1, 1, 2, 2], "v": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0]})
+    s = e.seed_summary(frame, ["g"], "v", n_boot=100)
+    assert s["mean"].iloc[0] == pytest.approx(3.0) and s.n_seeds.iloc[0] == 3
+    assert 2.0 <= s.low.iloc[0] <= s.high.iloc[0] <= 5.0
+
+
+def test_detrending_removes_a_shared_time_trend():
+    """Both series fall with t (raw association 1), but their step-to-step fluctuations are opposed."""
+    t = np.arange(20.0)
+    wiggle = 0.1 * np.random.default_rng(8).normal(size=20)  # small against the trend's steps of 1
+    cos, growth = 10 - t + wiggle, 10 - t - wiggle
+    assert e.raw_association(cos, growth) == pytest.approx(1.0)
+    assert e.detrended_association(cos, growth) == pytest.approx(-1.0)
+    assert math.isnan(e.detrended_association([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))  # two differences
+    assert math.isnan(e.raw_association([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0]))
+
+
+def test_within_run_associations_per_run():
+    windows = pd.DataFrame({"run": np.repeat([0, 1], 6), "start": np.tile(np.arange(6) * 10, 2),
+                            "cos": np.r_[np.arange(6.0), [0, 2, 1, 3, 2, 4.0]],
+                            "ntk_growth": np.r_[np.arange(6.0) ** 2, [0, 4, 2, 6, 4, 8.0]]})
+    runs = pd.DataFrame({"run": [0, 1], "seed": [0, 0], "family": e.NORMALIZED, "lr": 0.1, "width": 4, "knob": "GD"})
+    a = e.within_run_associations(windows.sample(frac=1, random_state=0), runs).set_index("run")  # order restored
+    assert a.raw[0] == pytest.approx(1.0) and a.raw[1] == pytest.approx(1.0)
+    assert math.isnan(a.detrended[0])  # the cosine's first differences are constant
+    assert a.detrended[1] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------- the identity
+
+def test_reconstruct_distance_rebuilds_a_random_path():
+    rng = np.random.default_rng(6)
+    steps = rng.normal(size=(30, 5)) + 0.3
+    path = np.vstack([np.zeros(5), np.cumsum(steps, axis=0)])
+    norms = np.linalg.norm(steps, axis=1)
+    cos = [math.nan] + [float(steps[t] @ path[t] / (norms[t] * np.linalg.norm(path[t]))) for t in range(1, 30)]
+    np.testing.assert_allclose(e.reconstruct_distance(norms, cos), np.linalg.norm(path, axis=1), rtol=1e-10)
+
+
+def test_growth_law_exponents_of_the_two_extremes():
+    assert e.growth_exponent(np.arange(1, 50), 3 * np.arange(1, 50) ** 0.7, fit_from=1) == pytest.approx(0.7)
+    assert e.constant_cosine_exponent(1.0, 200, 10) == pytest.approx(1.0)   # |D_t| = t
+    assert e.constant_cosine_exponent(0.0, 200, 10) == pytest.approx(0.5)   # |D_t| = sqrt(t)
+    assert math.isnan(e.growth_exponent([1.0, 2.0], [1.0, 2.0], fit_from=5))
+
+
+def test_identity_error_is_zero_on_a_consistent_series():
+    d = np.arange(6.0)  # a straight path: unit steps, cosine 1
+    series = pd.DataFrame({"run": 0, "step": np.arange(6), "cos": np.r_[math.nan, np.ones(5)],
+                           "update_norm": np.ones(6), "distance": d})
+    assert e.identity_error({"series": series}) == pytest.approx(0.0, abs=1e-12)
+    assert e.identity_error({"series": series.assign(distance=d * 1.1)}) == pytest.approx(1 - 1 / 1.1)
+
+
+# ------------------------------------------------------------------------------- runs and frames
+
+def test_run_table_spells_out_the_design():
+    configs, table = e.run_table(P)
+    knobs = len(P.batch_sizes) * len(P.label_noises) + len(P.momenta)
+    n_norm = len(P.widths) * len(P.lrs) * knobs * len(P.seeds)
+    assert len(configs) == len(table) == n_norm + len(P.plain_lrs) * 2 * len(P.seeds)
+    norm = table[table.family == e.NORMALIZED]
+    assert len(norm) == n_norm and set(norm.knob) == {"GD", "GD, noise 0.5", "SGD b=8", "SGD b=8, noise 0.5",
+                                                      "GD, momentum 0.9"}
+    for config, row in zip(configs, table.itertuples()):
+        assert config.lr == pytest.approx(row.lr * (1 - row.momentum)) and config.momentum == row.momentum
+        assert config.batch_size == (row.batch_size or None) and config.label_noise == row.label_noise
+        assert config.normalize == ("per_layer" if row.family == e.NORMALIZED else None)
+        assert set(e.DIAGNOSTICS) <= set(config.diagnostics) and config.diagnostic_every == P.ntk_every
+
+
+def _fake_sweep():
+    """A two-run sweep frame (depth 2, steps 0..4, diagnostics every 2) with known values."""
+    rows = []
+    for run in (0, 1):
+        for step in range(4):
+            rows += [(run, step, "cos_cumulative", layer, math.nan if step == 0 else 0.5 + 0.1 * layer + 0.1 * run)
+                     for layer in (0, 1, 2)]
+            rows += [(run, step, "update_norm", 0, 1.0), (run, step, "distance_from_init", 0, float(step))]
+            if step >= 2:
+                rows += [(run, step, "cos_cumulative_k2", layer, 0.7) for layer in (0, 1, 2)]
+            if step >= 10:
+                rows += [(run, step, "cos_cumulative_k10", layer, 0.7) for layer in (0, 1, 2)]
+        for step, ntk, align in ((0, 0.0, 0.2), (2, 0.3, 0.25), (4, 0.5, 0.4 if run == 0 else math.nan)):
+            rows += [(run, step, "ntk_change", 0, ntk), (run, step, "kernel_alignment", 0, align),
+                     (run, step, "preact_change", 1, ntk / 2), (run, step, "preact_change", 2, 99.0),
+                     (run, step, "loss", 0, 1.0 - step / 10)]
+    df = pd.DataFrame(rows, columns=["run", "step", "metric", "layer", "value"])
+    return df.assign(diverged=False)
+
+
+def test_summarize_reads_the_right_rows():
+    out = e.summarize(_fake_sweep(), depth=2, ntk_every=2)
+    runs = out["runs"].set_index("run")
+    assert runs.mean_cos[0] == pytest.approx(0.5) and runs.mean_cos[1] == pytest.approx(0.6)
+    assert runs.mean_cos_k2[0] == pytest.approx(0.7) and math.isnan(runs.mean_cos_k10[0])
+    assert runs.ntk_change[0] == pytest.approx(0.5) and runs.preact_change[0] == pytest.approx(0.25)  # hidden only
+    assert runs.alignment_gain[0] == pytest.approx(0.2) and not runs.collapsed[0]
+    assert runs.collapsed[1] and math.isnan(runs.alignment_gain[1])
+    assert runs.mean_step[0] == 1.0 and runs.distance[0] == 3.0 and runs.final_loss[0] == pytest.approx(0.6)
+    windows = out["windows"][out["windows"].run == 0]
+    assert windows.start.tolist() == [0, 2]
+    assert windows.ntk_growth.tolist() == pytest.approx([0.3, 0.2])
+    assert windows.cos.tolist() == pytest.approx([0.5, 0.5])  # step 0's NaN cosine is skipped
+    layers = out["layers"].set_index(["run", "layer"])
+    assert layers.mean_cos[0, 2] == pytest.approx(0.7) and layers.preact_change[0, 2] == 99.0
+
+
+def test_summarize_on_a_tiny_real_run():
+    """The summaries of a real training run equal the recorded rows they summarize."""
+    config = nup.RunConfig(parameterization="nup", normalize="per_layer", dataset="teacher", n_train=16, depth=3,
+                           width=3, steps=24, lr=0.05, probe_size=8, diagnostics=e.DIAGNOSTICS, diagnostic_every=6)
+    df = nup.train(config).df.assign(run=0, diverged=False)
+    out = e.summarize(df, depth=3, ntk_every=6)
+    runs = out["runs"].iloc[0]
+    cos = df[(df.metric == "cos_cumulative") & (df.layer == 0)].value
+    k10 = df[(df.metric == "cos_cumulative_k10") & (df.layer == 0)].value
+    assert runs.mean_cos == pytest.approx(cos.mean()) and runs.mean_cos_k10 == pytest.approx(k10.mean())
+    assert runs.mean_step == pytest.approx(0.05 * math.sqrt(3), rel=1e-5)  # every layer moves by exactly lr
+    assert len(out["series"]) == config.steps and len(out["windows"]) == config.steps // 6
+    assert e.identity_error(out) < 1e-5
+
+
+# ------------------------------------------------------------------------------------- verdicts
+
+def _frames(slope=1.0, noise=0.0, lazy_drop=0.45, lazy_ratio=1.0, detrended=True):
+    rng = np.random.default_rng(7)
+    runs = _runs(rng, slope=slope, noise=noise)
+    plain = []
+    for seed in range(5):
+        for b, cos in ((0, 0.9), (8, 0.9 - lazy_drop)):
+            ntk = 0.1 * (1 + 0.1 * seed) * (lazy_ratio if b else 1.0)
+            plain.append(dict(run=1000 + 2 * seed + (b > 0), family=e.PLAIN, width=64, lr=0.01, batch_size=b,
+                              label_noise=0.0, momentum=0.0, knob="GD" if b == 0 else "SGD b=8", seed=seed,
+                              diverged=False, collapsed=False, mean_cos=cos + 0.01 * seed, mean_cos_k2=cos,
+                              mean_cos_k10=cos, mean_step=0.01, ntk_change=ntk, preact_change=ntk, alignment_gain=0.0,
+                              distance=1.0))
+    runs = pd.concat([runs, pd.DataFrame(plain)], ignore_index=True)
+    t = np.arange(20.0)
+    windows = []
+    for run in runs.run:
+        wiggle = rng.normal(size=20) * 0.1
+        growth = 10 - t + (wiggle if detrended else -wiggle)
+        windows.append(pd.DataFrame({"run": run, "start": t * 10, "cos": 10 - t + wiggle, "ntk_growth": growth}))
+    return {"runs": runs, "windows": pd.concat(windows, ignore_index=True)}
+
+
+def test_claims_when_the_cosine_explains_feature_learning():
+    verdicts = e.claims(_frames(), P)
+    assert len(verdicts) == 16
+    holds = [v.holds for v in verdicts]
+    assert holds[0] is False  # the confound: across cells the correlation is negative
+    assert holds[1] is True   # the cosine falls with the learning rate
+    assert holds[2:11] == [True] * 9, [(v.statement, v.estimate, v.low, v.high) for v in verdicts[2:11]]
+    assert holds[11:] == [True] * 5
+
+
+def test_claims_when_feature_learning_ignores_the_cosine():
+    verdicts = e.claims(_frames(slope=0.0, noise=1.0, lazy_drop=0.05, lazy_ratio=1.5, detrended=False), P)
+    holds = [v.holds for v in verdicts]
+    assert all(h is not True for h in holds[2:11]), [(v.estimate, v.low, v.high) for v in verdicts[2:11]]
+    assert holds[11] is True and holds[12] is False  # raw: shared trend; first differences: opposed
+    assert holds[13] is True and holds[14] is False and holds[15] is False
+
+
+def test_statements_are_scale_free_and_unique():
+    verdicts = e.claims(_frames(), P)
+    statements = [v.statement for v in verdicts]
+    assert len(set(statements)) == len(statements)
+    assert not any(str(n) in s for s in statements for n in (P.steps, P.n_train, P.plain_width))
+
+
+def test_diverged_and_collapsed_runs_are_left_out():
+    frames = _frames()
+    frames["runs"].loc[0, "diverged"] = True
+    frames["runs"].loc[1, "collapsed"] = True
+    assert not set(e.usable(frames["runs"]).run) & {frames["runs"].run[0], frames["runs"].run[1]}
+    assert len(e.fixed_step_runs(frames["runs"])) == (frames["runs"].family == e.NORMALIZED).sum() - 2
+
+
+# --------------------------------------------------------------------------------------- schema
+
+@pytest.mark.parametrize("change,pattern", [
+    (dict(steps=30), "steps=30"), (dict(ntk_every=20, steps=60), "steps=60"),
+    (dict(batch_sizes=[0, 64]), "batch_sizes"), (dict(probe_size=64), "probe_size=64"), (dict(seeds=[0, 1]), "seeds"),
+    (dict(momenta=[0.0]), "momenta"), (dict(lrs=[1.0, 0.1]), "lrs"), (dict(label_noises=[1.0]), "label_noises"),
+    (dict(plain_batch_size=100), "plain_batch_size"),
+])
+def test_schema_refuses_bad_sizes(change, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        e.SCHEMA.validate({**P, **change})
