@@ -38,9 +38,13 @@ test: venv data
 unit: venv
 	$(HEADLESS) $(PY) -m pytest tests
 
+# Benchmarks (each prints ratios against baselines timed in the same process; --quick for a check):
+# nup's sharpness against peer packages and eigsh on three setups, then train() against a bare loop,
+# each diagnostic's share of a step, and a sweep serial against n_jobs=2.
 bench: venv data
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/bench_eigen.py
+	$(PY) bench/bench_train.py
 
 # The verdicts of the reduced runs become the expectation that `make test` checks.
 expected: venv data

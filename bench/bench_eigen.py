@@ -2,25 +2,39 @@
 
     python bench/bench_eigen.py [--quick]      (``make bench`` runs the full size)
 
-One process, one model, one data set (default: a width-512, depth-8, constant-width NTK-
-parameterized ReLU MLP on 2048 Fashion-MNIST samples, MSE, float32; ``--quick``: width 256 on 512
-samples, about 16x cheaper).  Printed, each with its ratio to nup:
+One process, three setups (``--setups``), MSE and float32 throughout:
 
-1. Sharpness at initialization.  Reference: nup Lanczos with ``tol=1e-7``.  For each method the
+* ``nup-ntk`` (the setup nup's R-operator HVP was measured on): a width-512, depth-8, constant-width
+  NTK-parameterized ReLU MLP (``nup.core.mlp.MLP``) at initialization on 2048 Fashion-MNIST samples
+  (``--quick``: width 256 on 512 samples, about 16x cheaper);
+* ``relu-default`` and ``tanh-default`` (nothing in nup was tuned on them): a generic
+  ``nn.Sequential`` 784-256x4-10 MLP with biases and PyTorch's default ``nn.Linear`` init, ReLU or
+  tanh, on 2048 random Gaussian inputs (``--quick``: 512) with random one-hot targets, after 50 full-batch
+  GD steps at ``lr = 1/lambda_0``.  A generic module has no R-operator path: nup's ``sharpness``
+  then runs its Lanczos on the autograd double-backward HVP, the same HVP the ``eigsh`` row uses.
+
+Printed, each with its ratio to nup:
+
+1. Sharpness, on every setup.  Reference: nup Lanczos with ``tol=1e-7``.  For each method the
    wall time (operator set-up included) and the Hessian-vector products (HVPs) it needs to land
    within a relative error of 1e-3 of the reference.  Methods stop by their own rule, so each is
    run at tolerances 1e-3, 1e-4, ... and the first run within 1e-3 counts:
    nup (``nup.linalg.hessian.sharpness``), PyHessian (power iteration, ``hessian(...).eigenvalues``),
    hessian-eigenthings power iteration (tolerance sweep) and hessian-eigenthings Lanczos (a fixed
    number of steps and no stopping rule, so the smallest step count that is within 1e-3 counts:
-   an oracle choice in its favour).  The chosen setting of every method is then timed again,
+   an oracle choice in its favour), scipy's ``eigsh`` (ARPACK, ``which="LA"``) on an autograd HVP
+   that reuses one gradient graph (the cheapest HVP for a generic module; every Lanczos basis size
+   ``ncv`` is tried at ``tol=1e-3``, smallest first, and the one reaching the target with the fewest
+   HVPs counts, again an oracle choice) and, on ``nup-ntk``, nup on that same autograd HVP ("nup-autograd": what
+   nup costs on a module that is not its own MLP).  The chosen setting of every method is then timed again,
    round-robin, and the best of ``--repeats`` (default 5; a method needing over 5x nup's HVPs is
    timed once) counts, since other load on a shared machine only ever adds time; the process
-   CPU time is printed beside the wall time.
-2. Top NTK eigenvalue: nup (matrix-free Lanczos, and the dense per-layer NTK + ``eigh``) against an
+   CPU time is printed beside the wall time.  A summary at the end gives, per setup, nup's ratio to
+   the fastest peer package (goal: at most 0.5) and to ``eigsh`` (goal: at most 1).
+2. Top NTK eigenvalue (``nup-ntk`` only): nup (matrix-free Lanczos, and the dense per-layer NTK + ``eigh``) against an
    explicit Jacobian (``torch.func.vmap(jacrev)``, then ``J J^T/n`` and ``eigh``) on the largest
    subset whose Jacobian fits in about 2 GB, and nup alone on the full set (best of 3 each).
-3. Sharpness tracking over a short GD run, warm-started from the previous eigenvector: HVPs per
+3. Sharpness tracking (``nup-ntk`` only) over a short GD run, warm-started from the previous eigenvector: HVPs per
    estimate, checked every few steps against a cold ``tol=1e-6`` estimate.
 
 Peer packages are optional (``pip install -e '.[bench]'``): a missing one is skipped with a message.
@@ -88,16 +102,27 @@ class Run:
         self.cpu.append(CPU_SECONDS[-1])
 
 
-def sweep(settings, make, reference) -> list[Run]:
-    """Run ``make(setting)()`` for each setting in turn (timed) until one is within ``TARGET``."""
+def reached(run: Run, reference: float) -> bool:
+    return abs(run.value - reference) <= TARGET * abs(reference)
+
+
+def sweep(settings, make, reference, every: bool = False) -> list[Run]:
+    """Run ``make(setting)()`` for each setting in turn (timed) until one is within ``TARGET``; with
+    ``every`` (settings whose value is a lower bound on their HVPs, in increasing order), go on while
+    a later setting could still need fewer HVPs than the best so far."""
     runs = []
+    best = None
     for label, setting in settings:
+        if best is not None and setting >= best:
+            break
         fn = make(setting)
         (value, hvps), seconds = timed(fn)
         run = Run(label, float(value), int(hvps), fn, [seconds], [CPU_SECONDS[-1]])
         runs.append(run)
-        if abs(run.value - reference) <= TARGET * abs(reference):
-            break
+        if reached(run, reference):
+            if not every:
+                break
+            best = min(best or run.hvps, run.hvps)
     return runs
 
 
@@ -181,57 +206,158 @@ def method_eigenthings_lanczos(model, x, y):
     return [(f"steps={m}", m) for m in (4, 6, 8, 10, 12, 16, 20, 25, 30, 40, 50, 60, 80)], make
 
 
-METHODS = {"nup": method_nup, "PyHessian": method_pyhessian, "eigenthings-power": method_eigenthings_power,
-           "eigenthings-lanczos": method_eigenthings_lanczos}
+def method_nup_autograd(model, x, y):
+    def make(tol):
+        def fn():
+            res = sharpness(model, mse_loss, x, y, tol=tol, max_iter=500, method="autograd")
+            return res.value, res.n_products
+        return fn
+    return [(f"tol={t:g}", t) for t in TOLS], make
+
+
+def method_eigsh(model, x, y):
+    """scipy's ARPACK Lanczos on a double-backward HVP through one gradient graph, built per call."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim = sum(p.numel() for p in params)
+    start = np.random.default_rng(0).standard_normal(dim)
+
+    def make(ncv):
+        def fn():
+            counter = [0]
+            loss = mse_loss(model(x), y)
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+
+            def matvec(v):
+                counter[0] += 1
+                vs = torch.split(torch.from_numpy(np.asarray(v, dtype=np.float32).reshape(-1)), [p.numel() for p in params])
+                hv = torch.autograd.grad(grads, params, [c.view_as(p) for c, p in zip(vs, params)], retain_graph=True)
+                return torch.cat([h.reshape(-1) for h in hv]).numpy()
+
+            op = LinearOperator((dim, dim), matvec=matvec, dtype=np.float32)
+            value = eigsh(op, k=1, which="LA", tol=1e-3, ncv=ncv, v0=start.astype(np.float32),
+                          maxiter=1000, return_eigenvectors=False)[0]
+            return float(value), counter[0]
+        return fn
+    return [(f"ncv={m}", m) for m in (3, 4, 5, 6, 8, 10, 12, 16, 20)], make
+
+
+METHODS = {"nup": method_nup, "nup-autograd": method_nup_autograd, "PyHessian": method_pyhessian,
+           "eigenthings-power": method_eigenthings_power, "eigenthings-lanczos": method_eigenthings_lanczos,
+           "eigsh": method_eigsh}
+PEERS = ("PyHessian", "eigenthings-power", "eigenthings-lanczos")  # peer packages (eigsh is a baseline)
+ORACLE = ("eigsh",)  # settings not ordered by cost (ARPACK restarts): the cheapest setting that reaches the target
 
 
 # ---------------------------------------------------------------------------- sections
 
-def bench_sharpness(model, x, y, repeats: int):
-    print("\n== 1. Sharpness (top Hessian eigenvalue) at initialization ==")
+def bench_sharpness(name, model, x, y, repeats: int, methods) -> dict:
+    print(f"\n== 1. Sharpness (top Hessian eigenvalue), setup {name} ==")
     ref, seconds = timed(lambda: sharpness(model, mse_loss, x, y, tol=1e-7, max_iter=500))
     reference = ref.value
     print(f"reference (nup, tol=1e-7): {reference:.6f}  ({ref.n_products} HVPs, {seconds:.1f} s, "
           f"converged={ref.converged})")
     chosen: dict[str, Run | None] = {}
-    for name, method in METHODS.items():
+    for method_name in methods:
         try:
-            settings, make = method(model, x, y)
+            settings, make = METHODS[method_name](model, x, y)
         except ImportError as err:
-            print(f"  {name} skipped: {err}")
+            print(f"  {method_name} skipped: {err}")
             continue
-        runs = sweep(settings, make, reference)
+        runs = sweep(settings, make, reference, every=method_name in ORACLE)
         for run in runs:
-            print(f"  {name:20s} {run.label:11s} value={run.value:.6f} "
+            print(f"  {method_name:20s} {run.label:11s} value={run.value:.6f} "
                   f"rel.err={abs(run.value - reference) / abs(reference):.1e} HVPs={run.hvps:4d} "
                   f"time={run.seconds[0]:7.2f} s (cpu {run.cpu[0]:7.2f} s)")
-        last = runs[-1]
-        chosen[name] = last if abs(last.value - reference) <= TARGET * abs(reference) else None
+        good = [run for run in runs if reached(run, reference)]
+        chosen[method_name] = min(good, key=lambda run: (run.hvps, run.seconds[0])) if good else None
     # Re-time the chosen settings round-robin and keep each one's fastest, the least disturbed by other
     # load.  A method that needs over 5x nup's HVPs is timed once: no HVP costs a fifth of nup's (one
     # gradient evaluation, about what nup's HVP costs, is the floor), so it cannot change the verdict.
     base_hvps = chosen["nup"].hvps if chosen.get("nup") else None
     for _ in range(repeats - 1):
-        for name, run in chosen.items():
+        for run in chosen.values():
             if run is not None and (base_hvps is None or run.hvps < 5 * base_hvps):
                 run.time_once()
     base = chosen.get("nup")
     print(f"\nwithin rel. error {TARGET:g} of the reference (time: best of up to {repeats}, round-robin):")
     print(f"  {'method':20s} {'setting':11s} {'HVPs':>5s} {'time/s':>8s} {'cpu/s':>8s} {'s/HVP':>6s} "
           f"{'HVPs/nup':>9s} {'time/nup':>9s} {'cpu/nup':>8s}")
-    for name, run in chosen.items():
+    for method_name, run in chosen.items():
         if run is None:
-            print(f"  {name:20s} did not reach the target")
+            print(f"  {method_name:20s} did not reach the target")
             continue
         secs, cpu = min(run.seconds), min(run.cpu)
         ratio = (f"{run.hvps / base.hvps:9.2f} {secs / min(base.seconds):9.2f} {cpu / min(base.cpu):8.2f}"
                  if base else "")
-        print(f"  {name:20s} {run.label:11s} {run.hvps:5d} {secs:8.2f} {cpu:8.2f} {secs / run.hvps:6.3f} {ratio}")
-    peers = [r for n, r in chosen.items() if n != "nup" and r is not None]
+        print(f"  {method_name:20s} {run.label:11s} {run.hvps:5d} {secs:8.2f} {cpu:8.2f} {secs / run.hvps:6.3f} {ratio}")
+    summary = dict(setup=name, nup=base)
+    peers = {n: r for n, r in chosen.items() if n in PEERS and r is not None}
     if base and peers:
-        print(f"  nup / fastest peer: wall time {min(base.seconds) / min(min(r.seconds) for r in peers):.2f}, "
-              f"cpu time {min(base.cpu) / min(min(r.cpu) for r in peers):.2f} (goal: <= 0.5)")
-    return reference
+        fastest = min(peers, key=lambda n: min(peers[n].seconds))
+        summary["peer"] = (fastest, min(base.seconds) / min(peers[fastest].seconds),
+                           min(base.cpu) / min(min(r.cpu) for r in peers.values()))
+        print(f"  nup / fastest peer ({fastest}): wall time {summary['peer'][1]:.2f}, cpu time {summary['peer'][2]:.2f} "
+              "(goal: <= 0.5)")
+    if base and chosen.get("eigsh"):
+        eig = chosen["eigsh"]
+        summary["eigsh"] = (min(base.seconds) / min(eig.seconds), min(base.cpu) / min(eig.cpu), eig.hvps)
+        print(f"  nup / eigsh: wall time {summary['eigsh'][0]:.2f}, cpu time {summary['eigsh'][1]:.2f} (goal: <= 1)")
+    if base and chosen.get("nup-autograd"):
+        gen = chosen["nup-autograd"]
+        summary["generic"] = (min(gen.seconds) / min(base.seconds), gen.hvps)
+    return summary
+
+
+def print_summary(summaries) -> None:
+    print("\n== Summary: nup's sharpness against the fastest peer package and eigsh, per setup ==")
+    print(f"  {'setup':14s} {'nup HVPs':>8s} {'fastest peer':>20s} {'wall':>6s} {'cpu':>6s} {'eigsh HVPs':>10s} "
+          f"{'wall':>6s} {'cpu':>6s}")
+    for s in summaries:
+        if s.get("nup") is None:
+            print(f"  {s['setup']:14s} nup did not reach the target")
+            continue
+        peer = s.get("peer", ("-", float("nan"), float("nan")))
+        eig = s.get("eigsh", (float("nan"), float("nan"), 0))
+        print(f"  {s['setup']:14s} {s['nup'].hvps:8d} {peer[0]:>20s} {peer[1]:6.2f} {peer[2]:6.2f} {eig[2]:10d} "
+              f"{eig[0]:6.2f} {eig[1]:6.2f}")
+        if "generic" in s:
+            print(f"  {'':14s} (nup on the autograd HVP instead of its R-operator: {s['generic'][0]:.2f}x the "
+                  f"time, {s['generic'][1]} HVPs)")
+    print("  ratios are nup's time over the other's (wall and process CPU); goals: <= 0.5 against the fastest peer, "
+          "<= 1 against eigsh")
+
+
+def generic_setup(n: int, activation: str, steps: int = 50, width: int = 256, depth: int = 4, seed: int = 0):
+    """A generic ``nn.Sequential`` MLP with PyTorch's default init, on random inputs, after ``steps``
+    full-batch GD steps at ``lr = 1/lambda_0``: ``(model, x, y, description)``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 784, generator=generator)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (n,), generator=generator), 10).float()
+    torch.manual_seed(seed)
+    act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[activation]
+    dims = [784] + [width] * depth + [10]
+    layers: list[torch.nn.Module] = []
+    for k, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(torch.nn.Linear(d_in, d_out))
+        if k < len(dims) - 2:
+            layers.append(act())
+    model = torch.nn.Sequential(*layers)
+    params = list(model.parameters())
+    lam0 = sharpness(model, mse_loss, x, y, tol=1e-6, max_iter=500).value
+    loss0 = mse_loss(model(x), y).item()
+    for _ in range(steps):
+        grads = torch.autograd.grad(mse_loss(model(x), y), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(g / lam0)
+    with torch.no_grad():
+        loss = mse_loss(model(x), y).item()
+    n_params = sum(p.numel() for p in params)
+    return model, x, y, (f"nn.Sequential {'-'.join(map(str, dims))} {activation}, biases, PyTorch default init, "
+                         f"{n_params:,} parameters; {n} random Gaussian inputs, random one-hot targets; after {steps} "
+                         f"GD steps at lr = 1/lambda_0 = {1 / lam0:.4g} (loss {loss0:.4f} -> {loss:.4f})")
 
 
 def jacobian_fits(n_params: int, d_out: int, budget_bytes: float = 2e9) -> int:
@@ -308,14 +434,18 @@ def bench_tracking(model, x, y, steps: int, lr_factors, check_every: int):
     model.load_state_dict(state)
 
 
+SETUPS = ("nup-ntk", "relu-default", "tanh-default")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~16x cheaper problem (width 256, 512 samples)")
     parser.add_argument("--n", type=int, default=None, help="samples (default 2048, quick 512)")
-    parser.add_argument("--width", type=int, default=None, help="hidden width (default 512, quick 256)")
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--width", type=int, default=None, help="hidden width of nup-ntk (default 512, quick 256)")
+    parser.add_argument("--depth", type=int, default=8, help="depth of nup-ntk")
+    parser.add_argument("--activation", default="relu", help="activation of nup-ntk")
     parser.add_argument("--steps", type=int, default=20, help="GD steps of the tracking run")
+    parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma list of setups: {','.join(SETUPS)}")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: sharpness,ntk,tracking")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=5,
@@ -324,24 +454,43 @@ def main(argv=None):
     n = args.n or (512 if args.quick else 2048)
     width = args.width or (256 if args.quick else 512)
     skip = set(filter(None, args.skip.split(",")))
+    if skip - {"sharpness", "ntk", "tracking"}:
+        raise ValueError(f"--skip={args.skip!r} is not allowed; choose from sharpness, ntk, tracking")
+    setups = list(filter(None, args.setups.split(",")))
+    if not setups or set(setups) - set(SETUPS):
+        raise ValueError(f"--setups={args.setups!r} is not allowed; choose from {', '.join(SETUPS)}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats={args.repeats} is not allowed; give an integer >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, MSE")
 
-    torch.manual_seed(0)
-    x, y = nup.training.data.load_fashion_mnist(n, seed=0, target="onehot", dtype=torch.float32, device="cpu")
-    model = nup.NTK().build(x.shape[1], y.shape[1], args.depth, width, args.activation, seed=0)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {model.widths}, {args.activation}, NTK parameterization at the EOC, {n_params:,} parameters; "
-          f"{n} Fashion-MNIST samples, MSE, float32, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    grad_time = min(timed(lambda: torch.autograd.grad(mse_loss(model(x), y), list(model.parameters())))[1]
-                    for _ in range(3))
-    print(f"one gradient evaluation: {grad_time:.3f} s")
-    if "sharpness" not in skip:
-        bench_sharpness(model, x, y, args.repeats)
-    if "ntk" not in skip:
-        bench_ntk(model, x)
-    if "tracking" not in skip:
-        bench_tracking(model, x, y, args.steps, lr_factors=(1.0, 2.5), check_every=5)
+    summaries = []
+    for setup in setups:
+        if setup == "nup-ntk":
+            torch.manual_seed(0)
+            x, y = nup.training.data.load_fashion_mnist(n, seed=0, target="onehot", dtype=torch.float32, device="cpu")
+            model = nup.NTK().build(x.shape[1], y.shape[1], args.depth, width, args.activation, seed=0)
+            n_params = sum(p.numel() for p in model.parameters())
+            print(f"\n#### setup nup-ntk: {model.widths}, {args.activation}, NTK parameterization at the EOC, "
+                  f"{n_params:,} parameters; {n} Fashion-MNIST samples")
+            methods = ["nup", "nup-autograd", *PEERS, "eigsh"]
+        else:
+            model, x, y, description = generic_setup(n, setup.split("-")[0])
+            print(f"\n#### setup {setup}: {description}")
+            methods = ["nup", *PEERS, "eigsh"]
+        grad_time = min(timed(lambda: torch.autograd.grad(mse_loss(model(x), y), list(model.parameters())))[1]
+                        for _ in range(3))
+        print(f"one gradient evaluation: {grad_time:.3f} s")
+        if "sharpness" not in skip:
+            summaries.append(bench_sharpness(setup, model, x, y, args.repeats, methods))
+        if setup == "nup-ntk":
+            if "ntk" not in skip:
+                bench_ntk(model, x)
+            if "tracking" not in skip:
+                bench_tracking(model, x, y, args.steps, lr_factors=(1.0, 2.5), check_every=5)
+    if summaries:
+        print_summary(summaries)
 
 
 if __name__ == "__main__":
