@@ -11,10 +11,12 @@ scales group learning rates *relatively* keeps the parameterization intact.
 | ntk  | ``N(0, 1)``                          | ``sigma_k/sqrt(fan_in)``   | ``lr``                          | constant  |
 | mup  | ``N(0, sigma_k^2/fan_in)``, readout ``/width_mult`` | 1          | input ``lr*width_mult``, hidden ``lr``, readout ``lr/width_mult`` | constant |
 | nup  | ``N(0, 1)``                          | ``sigma_k/sqrt(fan_in)``   | ``lr`` + normalized update      | quadratic |
+| residual | ``N(0, 1)``                      | ``sigma_k/sqrt(fan_in)``, blocks ``/sqrt(L)`` | ``lr``; blocks ``lr/sqrt(L)`` with ``per_layer`` | constant |
 
 ``sigma_1 = 1`` on the input layer and ``sigma_k^2 = sigma2_scale / (a^2 + b^2)`` (the EOC
 when ``sigma2_scale = 1``) on the others.  ``width_mult = width / base_width`` (μP, Yang &
-Hu 2021, Table 3 for SGD, in the "standard" form without multipliers).
+Hu 2021, Table 3 for SGD, in the "standard" form without multipliers).  ``residual`` builds a
+``nup.core.residual.ResidualMLP`` (depth-μP, see ``Residual``); the others build an ``MLP``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import torch
 from nup.core.activations import Activation, get_activation
 from nup.core.mlp import MLP, WIDTH_PROFILES, hidden_widths
 from nup.core.optim import NORMALIZE_MODES, NormalizedSGD
+from nup.core.residual import ResidualMLP
 from nup.validation import check_choice, check_int, check_positive
 
-__all__ = ["Parameterization", "SP", "NTK", "MuP", "NuP", "PARAMETERIZATIONS", "get_parameterization", "LayerRule"]
+__all__ = ["Parameterization", "SP", "NTK", "MuP", "NuP", "Residual", "PARAMETERIZATIONS", "get_parameterization",
+           "LayerRule"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Parameterization:
     sigma2_scale: float = 1.0
 
     name = "base"
+    model_class = MLP  # what ``build`` makes; ``Residual`` makes a ``ResidualMLP``
 
     def __post_init__(self):
         check_choice("width_profile", self.width_profile, WIDTH_PROFILES)
@@ -78,7 +83,7 @@ class Parameterization:
         check_int("seed", seed, minimum=0)
         widths = self.widths(d_in, d_out, depth, width)
         rules = self.layer_rules(widths, activation)
-        model = MLP(widths, activation, [r.multiplier for r in rules], dtype=dtype, device=device)
+        model = self.model_class(widths, activation, [r.multiplier for r in rules], dtype=dtype, device=device)
         # Sample on the CPU in float64 from a seeded generator, so the init is identical on every device and dtype.
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -174,11 +179,61 @@ class NuP(Parameterization):
         return _ntk_rules(widths, self.sigmas(len(widths) - 1, activation))
 
 
-PARAMETERIZATIONS = {"sp": SP, "ntk": NTK, "mup": MuP, "nup": NuP}
+@dataclass(frozen=True)
+class Residual(Parameterization):
+    """Depth-μP residual MLP (Yang, Yu, Zhu & Hayou 2023, "Tensor Programs VI"; Bordelon et al. 2023):
+    constant width ``m``, EOC-scaled branches with the block multiplier ``1/sqrt(L)``.
+
+    ``depth = l`` layers: an input layer, ``L = l - 2`` residual blocks ``h_k = h_{k-1} + c_k W_k phi(h_{k-1})``
+    and a readout (``nup.core.residual.ResidualMLP``), so it has the parameters of a constant-width MLP of
+    the same depth.  ``W ~ N(0, 1)``; multipliers ``c_1 = 1/sqrt(m_0)``, blocks ``c_k = sigma/sqrt(m L)``,
+    readout ``c_l = sigma/sqrt(m)``, with the EOC ``sigma^2 = sigma2_scale/(a^2 + b^2)``.
+
+    *At initialization* (``q_k = |h_k|^2/m``, ``q_0 = |x|^2/m_0``): given ``h_{k-1}``, the branch is
+    Gaussian with mean 0, so ``E[|h_k|^2 | h_{k-1}] = |h_{k-1}|^2 + (sigma^2/L) |phi(h_{k-1})|^2`` and
+    ``|phi(h)|^2 = (a^2 + b^2)|h|^2 + 2ab sum_i h_i |h_i|``.  At the EOC this gives
+    ``E q_k = (1 + 1/L)^(k-1) q_0`` for ``k = 1..l-1`` and ``E |f|^2/m_l = E q_{l-1}``: the stream grows
+    by at most ``(1 + 1/L)^L < e`` at any depth.  Exact when ``ab = 0`` (abs, linear); otherwise up to
+    the mean of the odd term ``2ab sum_i h_i|h_i|``, which is 0 at ``k = 1`` and ``O(1/m)`` after
+    (``tests/test_residual.py`` checks both by Monte Carlo).
+
+    *Learning rates.*  Plain GD (``normalize="none"``) and the globally normalized update: one rate for
+    every layer, the depth-μP rule for SGD (the ``1/sqrt(L)`` multiplier already makes each block's
+    gradient ``O(1/sqrt(L))`` and its effect on the output ``O(1/L)``).  ``"per_layer"`` moves every
+    layer by its rate whatever its gradient, like Adam, so the blocks take TP-VI's Adam rule
+    ``lr/sqrt(L)`` (input layer and readout: ``lr``); this transposition is ours.
+    """
+
+    normalize: str = "none"
+    name = "residual"
+    model_class = ResidualMLP
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.width_profile != "constant":
+            raise ValueError(f"width_profile={self.width_profile!r} is not allowed for the residual "
+                             "parameterization; its hidden width is constant ('constant')")
+
+    def widths(self, d_in, d_out, depth, width):
+        check_int("depth", depth, minimum=3)
+        return super().widths(d_in, d_out, depth, width)
+
+    def layer_rules(self, widths, activation):
+        depth = len(widths) - 1
+        blocks = depth - 2
+        sigma = self.sigmas(depth, activation)[-1]
+        block_lr = 1 / math.sqrt(blocks) if self.normalize == "per_layer" else 1.0
+        rules = [LayerRule("normal", 1.0, 1 / math.sqrt(widths[0]), 1.0)]
+        rules += [LayerRule("normal", 1.0, sigma / math.sqrt(widths[k] * blocks), block_lr) for k in range(1, depth - 1)]
+        rules.append(LayerRule("normal", 1.0, sigma / math.sqrt(widths[-2]), 1.0))
+        return rules
+
+
+PARAMETERIZATIONS = {"sp": SP, "ntk": NTK, "mup": MuP, "nup": NuP, "residual": Residual}
 
 
 def get_parameterization(parameterization: str | Parameterization, **options) -> Parameterization:
-    """A parameterization from its name (``sp``, ``ntk``, ``mup``, ``nup``) and options
+    """A parameterization from its name (``sp``, ``ntk``, ``mup``, ``nup``, ``residual``) and options
     (``width_profile``, ``normalize``, ``sigma2_scale``, ``base_width`` for μP); options set to
     ``None`` keep the parameterization's default."""
     options = {k: v for k, v in options.items() if v is not None}

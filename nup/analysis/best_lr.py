@@ -1,0 +1,198 @@
+"""The best learning rate of a sweep: a fit around the grid minimum, a bootstrap over seeds, and the
+widening of a grid whose minimum sits at its edge.
+
+The unit of data is a *loss table*: one row per seed, one column per learning rate (``log2_lrs``,
+increasing, typically a ``sqrt(2)`` grid, i.e. steps of 0.5 in ``log2``), the final training loss in
+each cell, ``NaN`` or ``inf`` for a run that diverged.
+
+* ``log_loss_table(losses)``: a diverged run counts as the worst run of the table that trained (its
+  largest finite loss): no better than that, and finite, so that means and fits stay defined; then
+  the natural log.
+* ``best_log2_lr(log2_lrs, losses)``: the mean over seeds of the log-loss, its argmin on the grid, and
+  the vertex of the parabola through the argmin and its two neighbours.  For a convex parabola whose
+  middle point is the lowest the vertex lies between the two neighbours (within half a step of the
+  argmin on an even grid), so the fit refines the grid minimum and never extrapolates.  When the argmin
+  is the first or the last grid point there is nothing to fit: the estimate is that point and ``edge``
+  says ``"low"`` or ``"high"``, the direction in which to widen the grid (``widen``).
+* ``best_lr_bootstrap``: the estimate with its percentile interval over resampled seeds (rows).
+* ``depth_slope(tables, depths)``: the slope of ``log best lr`` against ``log depth`` (a least-squares
+  line through the per-depth estimates), with an interval from resampling the seeds of every depth
+  independently (the networks of different depths are different networks).
+* ``grid_around``, ``widen``: grid construction on multiples of ``step``.
+
+Everything is deterministic given ``seed``.  ``nup.experiments.nup_depth_scaling`` uses it; other
+notebooks may.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nup.analysis.fits import Estimate, _percentile_estimate
+from nup.validation import check_int
+
+__all__ = ["BestLR", "log_loss_table", "best_log2_lr", "best_lr_bootstrap", "depth_slope", "grid_around", "widen",
+           "loss_table", "parabola_vertex"]
+
+
+@dataclass(frozen=True)
+class BestLR:
+    """``value``: the estimated best ``log2(lr)``; ``index``: the grid argmin; ``edge``: ``"low"``,
+    ``"high"`` or ``None``; ``mean_log_loss``: the mean over seeds of the log-loss at each grid point."""
+
+    value: float
+    index: int
+    edge: str | None
+    mean_log_loss: np.ndarray
+
+    @property
+    def best_mean_log_loss(self) -> float:
+        return float(self.mean_log_loss[self.index]) if self.index >= 0 else math.nan
+
+
+def _check_grid(log2_lrs) -> np.ndarray:
+    x = np.asarray(log2_lrs, dtype=float)
+    if x.ndim != 1 or len(x) < 1 or not np.all(np.isfinite(x)) or np.any(np.diff(x) <= 0):
+        raise ValueError(f"log2_lrs={list(log2_lrs)!r} is not allowed; give finite, strictly increasing log2 rates")
+    return x
+
+
+def _check_table(losses, n_lrs: int) -> np.ndarray:
+    table = np.asarray(losses, dtype=float)
+    if table.ndim == 1:
+        table = table[None, :]
+    if table.ndim != 2 or table.shape[1] != n_lrs:
+        raise ValueError(f"losses has shape {table.shape}; it needs one row per seed and one column per "
+                         f"learning rate ({n_lrs})")
+    if np.any(table[np.isfinite(table)] <= 0):
+        raise ValueError("losses must be > 0 (or NaN/inf for a diverged run): the fit is on log(loss)")
+    return table
+
+
+def log_loss_table(losses) -> np.ndarray:
+    """``log(loss)`` with every non-finite entry (a diverged run) replaced by the table's largest finite
+    loss; all ``NaN`` if no run of the table trained."""
+    table = np.asarray(losses, dtype=float)
+    finite = np.isfinite(table)
+    if not finite.any():
+        return np.full(table.shape, np.nan)
+    return np.log(np.where(finite, table, table[finite].max()))
+
+
+def parabola_vertex(x: Sequence[float], y: Sequence[float]) -> float:
+    """The abscissa of the vertex of the parabola through three points ``(x_i, y_i)``, ``x`` increasing,
+    when the middle one is (weakly) the lowest: then it lies in ``[x_0, x_2]``.  A flat triple gives ``x_1``."""
+    (x0, x1, x2), (y0, y1, y2) = x, y
+    d0, d2 = (y0 - y1) / (x1 - x0), (y2 - y1) / (x2 - x1)  # slopes away from the middle, both >= 0
+    if d0 + d2 <= 0:
+        return float(x1)
+    # Newton's form of the interpolating parabola around x1 (valid on uneven grids): leading coefficient
+    # a, slope at x1, and the vertex x1 - slope/(2a); on an even grid of step h this is
+    # x1 - h (y2 - y0) / (2 (y0 - 2 y1 + y2)).
+    a = (d0 + d2) / (x2 - x0)
+    slope_at_x1 = (d2 * (x1 - x0) - d0 * (x2 - x1)) / (x2 - x0)
+    return float(np.clip(x1 - slope_at_x1 / (2 * a), x0, x2))
+
+
+def _best_from_log_table(x: np.ndarray, log_table: np.ndarray) -> BestLR:
+    mean = log_table.mean(axis=0)
+    if not np.isfinite(mean).any():
+        return BestLR(math.nan, -1, None, mean)
+    i = int(np.nanargmin(mean))
+    if i == 0 and len(x) > 1:
+        return BestLR(float(x[0]), i, "low", mean)
+    if i == len(x) - 1 and len(x) > 1:
+        return BestLR(float(x[-1]), i, "high", mean)
+    if len(x) == 1:
+        return BestLR(float(x[0]), 0, "low", mean)
+    return BestLR(parabola_vertex(x[i - 1:i + 2], mean[i - 1:i + 2]), i, None, mean)
+
+
+def best_log2_lr(log2_lrs, losses) -> BestLR:
+    """The best ``log2(lr)`` of one loss table (see the module docstring)."""
+    x = _check_grid(log2_lrs)
+    return _best_from_log_table(x, log_loss_table(_check_table(losses, len(x))))
+
+
+def best_lr_bootstrap(log2_lrs, losses, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """``best_log2_lr`` with a percentile interval over ``n_boot`` resamples of the seeds (rows)."""
+    x = _check_grid(log2_lrs)
+    log_table = log_loss_table(_check_table(losses, len(x)))
+    check_int("n_boot", n_boot, minimum=10)
+    if len(log_table) < 2:
+        raise ValueError(f"a bootstrap needs at least 2 seeds, got {len(log_table)}")
+    value = _best_from_log_table(x, log_table).value
+    rng = np.random.default_rng(seed)
+    stats = [_best_from_log_table(x, log_table[rng.integers(0, len(log_table), len(log_table))]).value
+             for _ in range(n_boot)]
+    return _percentile_estimate(value, stats, level)
+
+
+def depth_slope(tables: Mapping[int, tuple], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """Slope of ``log2(best lr)`` against ``log2(depth)`` (the same in any log base) with its bootstrap
+    interval.  ``tables``: ``{depth: (log2_lrs, losses)}`` for at least two depths; each depth's seeds are
+    resampled independently.  ``NaN`` when some depth has no estimate."""
+    if not isinstance(tables, Mapping) or len(tables) < 2:
+        raise ValueError("tables must map at least two depths to (log2_lrs, losses)")
+    depths = sorted(tables)
+    if any(not isinstance(d, (int, np.integer)) or d < 1 for d in depths):
+        raise ValueError(f"depths {depths!r} must be integers >= 1")
+    check_int("n_boot", n_boot, minimum=10)
+    grids, logs = [], []
+    for d in depths:
+        x, losses = tables[d]
+        x = _check_grid(x)
+        grids.append(x)
+        logs.append(log_loss_table(_check_table(losses, len(x))))
+    log_depth = np.log2(np.asarray(depths, dtype=float))
+
+    def slope(samples) -> float:
+        best = np.array([_best_from_log_table(x, t).value for x, t in zip(grids, samples)])
+        if not np.all(np.isfinite(best)):
+            return math.nan
+        return float(np.polyfit(log_depth, best, 1)[0])
+
+    value = slope(logs)
+    rng = np.random.default_rng(seed)
+    stats = [slope([t[rng.integers(0, len(t), len(t))] for t in logs]) for _ in range(n_boot)]
+    return _percentile_estimate(value, stats, level)
+
+
+def loss_table(frame: pd.DataFrame, lr: str = "log2_lr", loss: str = "loss", seed: str = "seed") -> tuple:
+    """``(log2_lrs, losses)`` from a long frame with one row per run (one table: filter it to a single
+    family and depth first); a missing (seed, lr) cell is an error, a diverged run has a NaN loss."""
+    table = frame.pivot_table(index=seed, columns=lr, values=loss, aggfunc="first", dropna=False)
+    counts = frame.groupby([seed, lr]).size()
+    if len(counts) != table.shape[0] * table.shape[1]:
+        raise ValueError(f"every {seed!r} needs a run at every {lr!r}")
+    return table.columns.to_numpy(dtype=float), table.to_numpy(dtype=float)
+
+
+def grid_around(center: float, half_points: int, step: float = 0.5) -> list[float]:
+    """``2 * half_points + 1`` grid points ``step`` apart around ``center`` rounded to a multiple of ``step``."""
+    check_int("half_points", half_points, minimum=0)
+    if not step > 0:
+        raise ValueError(f"step={step!r} is not allowed; step must be > 0")
+    if not math.isfinite(center):
+        raise ValueError(f"center={center!r} is not allowed; center must be finite")
+    c = round(center / step)
+    return [float((c + i) * step) for i in range(-half_points, half_points + 1)]
+
+
+def widen(log2_lrs, edge: str | None, points: int = 2, step: float = 0.5) -> list[float]:
+    """The ``points`` new grid points beyond ``edge`` (``"low"``/``"high"``) of a grid on multiples of
+    ``step``; ``[]`` when ``edge`` is ``None``."""
+    x = _check_grid(log2_lrs)
+    check_int("points", points, minimum=1)
+    if edge is None:
+        return []
+    if edge == "low":
+        return [float(x[0] - i * step) for i in range(points, 0, -1)]
+    if edge == "high":
+        return [float(x[-1] + i * step) for i in range(1, points + 1)]
+    raise ValueError(f"edge={edge!r} is not allowed; 'low', 'high' or None")

@@ -1,0 +1,411 @@
+"""Notebook 03, claim 5: νP's preactivation dynamics and its best learning rate across depth, against the
+controls that tell which ingredient does the work.
+
+The claim (abstract): νP (EOC init, NTK multipliers, hidden widths ``m_k = k^2 m``, a normalized update)
+"solves depthwise scaling during training"; our testable reading: its best learning rate transfers
+across depth and, at that rate, the hidden preactivations move by a depth-independent amount.  The
+abstract names the alternatives, "inversely scaling the learning rate or adding residual connections".
+
+Families (``FAMILIES``), each swept over the same kind of ``sqrt(2)`` learning-rate grid at every depth:
+νP with the per-layer and the global normalized update; ``k^2 m`` widths with plain GD (width growth
+alone); constant width with the per-layer normalized update (normalization alone), once at the
+baselines' width and once at νP's parameter count at the deepest depth; the constant-width EOC network
+in the NTK parameterization with plain GD at a fixed rate and at ``lr/depth``; the residual depth-μP
+network (``nup.core.param.Residual``) with plain GD and the per-layer normalized update; SP with He
+(EOC) init, i.e. μP at its own base width (so μP itself, whose width never differs from its base
+width here, is not run separately).  No bottleneck: νP's first hidden layer (``m``) is at least as wide
+as every other family's (``const_width <= base_width``, enforced by the schema).
+
+Protocol.  Full-batch GD with MSE on ``n_train`` class-balanced Fashion-MNIST images, ``steps`` steps,
+``len(seeds)`` seeds.  Depths run in increasing order.  At the shallowest depth each family starts from
+a grid of ``2*first_half_points + 1`` rates (``sqrt(2)`` apart) around ``lr_centers[family]``; at a
+deeper depth from ``2*half_points + 1`` rates around the extrapolation (in log depth) of its best rates
+so far.  Whenever a family's grid minimum (of the mean log-loss over seeds) sits at the grid's edge, two
+more rates are added beyond it and run (at most ``max_widen`` times).  The best rate is the vertex of a
+parabola through the minimum and its neighbours (``nup.analysis.best_lr``), its interval a bootstrap
+over seeds.  The rate transferred from the shallowest depth is run at every depth as an extra point
+where the grid does not hold it (``in_grid = False``: not part of the fit).
+
+Verdicts (thresholds fixed before the runs, below): per family (1) *transfer*: the 95% interval of the
+slope of ``log best lr`` against ``log depth`` lies within ``[-SLOPE_TOLERANCE, SLOPE_TOLERANCE]``;
+(2) *depth-independent preactivation change*: at the rate transferred from the shallowest depth (its
+best rate rounded to the grid, with the family's own rule, e.g. ``lr/depth``) the exponent of the
+mean hidden ``|h_k(T) - h_k(0)|/|h_k(0)|`` against depth lies within ``±PREACT_TOLERANCE``; (3) *it
+trains*: its best training loss at the deepest depth is below ``LOSS_FACTOR`` times the best family's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nup.analysis.best_lr import best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table, widen
+from nup.analysis.fits import Estimate, _percentile_estimate, power_law, ratio_bootstrap
+from nup.analysis.verdicts import Verdict, compare, within
+from nup.core.activations import ACTIVATIONS
+from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
+from nup.progress import progress
+
+NOTEBOOK = "03_nup_depth_scaling"
+
+# Thresholds, fixed before the runs.
+SLOPE_TOLERANCE = 0.25   # transfer: |d log(best lr) / d log(depth)| <= 0.25 over the whole 95% interval
+PREACT_TOLERANCE = 0.25  # depth-independent: |d log(hidden preactivation change) / d log(depth)| <= 0.25
+LOSS_FACTOR = 2.0        # trains: best loss at the deepest depth < 2 x the best family's
+LR_STEP = 0.5            # the grid step in log2(lr): a sqrt(2) grid
+D_IN, D_OUT = 784, 10    # Fashion-MNIST, one-hot MSE targets
+ZERO_LOSS = 0.5          # the zero predictor's loss |y|^2/(2n) with one-hot targets
+
+
+@dataclass(frozen=True)
+class Family:
+    """One curve: ``fields`` of ``RunConfig``; ``width``: ``"base"`` (νP's ``m``), ``"const"`` or
+    ``"matched"`` (constant width with νP's parameter count at the deepest depth); ``lr_rule``:
+    ``"fixed"`` (the same rate at every depth) or ``"inverse_depth"`` (``lr * l_min / l``)."""
+
+    label: str
+    fields: tuple
+    width: str
+    lr_rule: str = "fixed"
+    group: str = ""
+
+
+FAMILIES = {
+    "nup_per_layer": Family("νP per-layer", (("parameterization", "nup"), ("normalize", "per_layer")), "base",
+                            group="k^2 m widths"),
+    "nup_global": Family("νP global", (("parameterization", "nup"), ("normalize", "global")), "base",
+                         group="k^2 m widths"),
+    "k2_gd": Family("k^2 m widths, plain GD", (("parameterization", "nup"), ("normalize", "none")), "base",
+                    group="k^2 m widths"),
+    "const_per_layer": Family("constant width, per-layer", (("parameterization", "ntk"), ("normalize", "per_layer")),
+                              "const", group="constant width"),
+    "matched_per_layer": Family("constant width at νP's parameter count, per-layer",
+                                (("parameterization", "ntk"), ("normalize", "per_layer")), "matched",
+                                group="constant width"),
+    "ntk": Family("NTK, fixed lr", (("parameterization", "ntk"),), "const", group="constant width"),
+    "ntk_lr_depth": Family("NTK, lr/depth", (("parameterization", "ntk"),), "const", "inverse_depth",
+                           group="constant width"),
+    "residual_gd": Family("residual depth-μP, plain GD", (("parameterization", "residual"), ("normalize", "none")),
+                          "const", group="residual"),
+    "residual_per_layer": Family("residual depth-μP, per-layer",
+                                 (("parameterization", "residual"), ("normalize", "per_layer")), "const",
+                                 group="residual"),
+    "sp_he": Family("SP (He init)", (("parameterization", "mup"),), "const", group="constant width"),
+}
+FAMILY_KEYS = tuple(FAMILIES)
+
+
+def _no_bottleneck(p) -> None:
+    if p.const_width > p.base_width:
+        raise ValueError(f"const_width={p.const_width} is not allowed; const_width must be <= base_width "
+                         f"({p.base_width}): νP's first hidden layer (m) must be at least as wide as the others'")
+
+
+SCHEMA = Schema(
+    List("depths", item=Int("depth", minimum=3), min_length=2, increasing=True,
+         help="numbers of layers l; the first is 'the shallowest depth', the last 'the deepest'"),
+    Int("base_width", minimum=16, help="νP's base width m (hidden widths k^2 m); its first hidden layer"),
+    Int("const_width", minimum=2, help="width of the constant-width and residual families (<= base_width)"),
+    Int("steps", minimum=1, help="T, full-batch GD steps"),
+    Int("n_train", minimum=8, help="class-balanced Fashion-MNIST training images"),
+    List("seeds", item=Int("seed", minimum=0), min_length=3, distinct=True),
+    Choice("activation", choices=tuple(ACTIVATIONS)),
+    Dict("lr_centers", keys=FAMILY_KEYS, value=Float("log2_lr"),
+         help="log2 of the centre of each family's first grid (shallowest depth)"),
+    Int("first_half_points", minimum=1, help="grid points on each side of the centre at the shallowest depth"),
+    Int("half_points", minimum=1, help="grid points on each side of the extrapolated optimum deeper"),
+    Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"),
+    Int("coord_steps", minimum=1, help="steps of the coordinate check"),
+    Int("n_boot", minimum=100, help="bootstrap resamples of the seeds"),
+    Int("n_jobs", minimum=1),
+    checks=(_no_bottleneck,),
+)
+
+
+# ---------------------------------------------------------------------------- sizes and configurations
+
+def layer_widths(family: Family, depth: int, width: int) -> list[int]:
+    """``[m_0, m_1, ..., m_l]`` of ``family`` at ``depth`` with width argument ``width``."""
+    from nup.training.config import RunConfig
+
+    config = RunConfig(**dict(family.fields), depth=depth, width=width,
+                       **({"base_width": width} if dict(family.fields)["parameterization"] == "mup" else {}))
+    return config.build_parameterization().widths(D_IN, D_OUT, depth, width)
+
+
+def n_params(widths: list[int]) -> int:
+    return int(sum(a * b for a, b in zip(widths[:-1], widths[1:])))
+
+
+def matched_width(target: int, depth: int) -> int:
+    """The constant width ``w`` whose MLP at ``depth`` has the parameter count closest to ``target``:
+    ``(l - 2) w^2 + (m_0 + m_l) w``."""
+    a, b = depth - 2, D_IN + D_OUT
+    w = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a) if a > 0 else target / b
+    candidates = [max(1, math.floor(w)), max(1, math.ceil(w))]
+    return min(candidates, key=lambda v: abs(a * v * v + b * v - target))
+
+
+def family_widths(p) -> dict[str, int]:
+    """The width argument of every family: ``m``, ``const_width`` or the matched width."""
+    nup_params = n_params(layer_widths(FAMILIES["nup_per_layer"], p.depths[-1], p.base_width))
+    matched = matched_width(nup_params, p.depths[-1])
+    return {key: {"base": p.base_width, "const": p.const_width, "matched": matched}[f.width]
+            for key, f in FAMILIES.items()}
+
+
+def parameter_counts(p) -> pd.DataFrame:
+    """One row per family and depth: width argument, first hidden width, parameter count."""
+    widths = family_widths(p)
+    rows = []
+    for key, f in FAMILIES.items():
+        for depth in p.depths:
+            w = layer_widths(f, depth, widths[key])
+            rows.append((key, f.label, depth, widths[key], w[1], n_params(w)))
+    return pd.DataFrame(rows, columns=["family", "label", "depth", "width", "first_hidden", "n_params"])
+
+
+def lr_factor(family: Family, depth: int, shallowest: int) -> float:
+    """The family's rule: the rate actually used is ``2^log2_lr * lr_factor``."""
+    return shallowest / depth if family.lr_rule == "inverse_depth" else 1.0
+
+
+def config_for(p, key: str, depth: int, log2_lr: float, seed: int, width: int):
+    from nup.training.config import RunConfig
+
+    family = FAMILIES[key]
+    fields = dict(family.fields)
+    if fields["parameterization"] == "mup":
+        fields["base_width"] = width  # μP at its own base width: SP with He (EOC) init
+    return RunConfig(**fields, activation=p.activation, depth=depth, width=width,
+                     lr=2.0**log2_lr * lr_factor(family, depth, p.depths[0]), steps=p.steps, n_train=p.n_train,
+                     probe_size=p.n_train, seed=seed, diagnostics=("preactivations",), diagnostic_every=p.steps,
+                     record_every=p.steps)
+
+
+# ---------------------------------------------------------------------------- runs
+
+def _summarize(df: pd.DataFrame, keys: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per run: final loss (NaN if diverged) and the mean hidden / output preactivation change at the
+    last step (inf if diverged); and the per-layer changes."""
+    from nup.analysis.frames import per_run
+
+    loss = per_run(df, "loss", how="last").set_index("run")
+    diverged = loss["diverged"].astype(bool) if "diverged" in loss else pd.Series(False, index=loss.index)
+    pc = df[df.metric == "preact_change"]
+    pc = pc[pc.step == pc.groupby("run").step.transform("max")][["run", "layer", "value"]]
+    runs, layers = [], []
+    for run, (key, depth, log2_lr, seed) in enumerate(keys):
+        d = pc[pc.run == run]
+        bad = bool(diverged.get(run, True)) or not math.isfinite(loss["value"].get(run, math.nan))
+        hidden = math.inf if bad else float(d[d.layer < depth].value.mean())
+        output = math.inf if bad else float(d[d.layer == depth].value.mean())
+        runs.append((key, depth, log2_lr, seed, math.nan if bad else float(loss["value"][run]), bad, hidden, output))
+        if not bad:
+            layers += [(key, depth, log2_lr, seed, int(k), float(v)) for k, v in zip(d.layer, d.value)]
+    return (pd.DataFrame(runs, columns=["family", "depth", "log2_lr", "seed", "loss", "diverged", "hidden_change",
+                                        "output_change"]),
+            pd.DataFrame(layers, columns=["family", "depth", "log2_lr", "seed", "layer", "change"]))
+
+
+def _sweep(p, todo: list[tuple], widths: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from nup.training.sweep import sweep
+
+    configs = [config_for(p, key, depth, x, seed, widths[key]) for key, depth, x, seed in todo]
+    return _summarize(sweep(configs, n_jobs=p.n_jobs, progress=False), todo)
+
+
+def table(runs: pd.DataFrame, key: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(log2_lrs, losses)`` of one family's grid at one depth: seeds x rates, NaN where diverged."""
+    d = runs[(runs.family == key) & (runs.depth == depth)]
+    if "in_grid" in d:
+        d = d[d.in_grid.astype(bool)]
+    t = d.pivot_table(index="seed", columns="log2_lr", values="loss", aggfunc="first", dropna=False)
+    return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
+
+
+def extrapolate(depths: list[int], best: list[float], depth: int) -> float:
+    """The next grid's centre: the last best rate, or the line through the best rates so far in log depth."""
+    good = [(d, b) for d, b in zip(depths, best) if math.isfinite(b)]
+    if not good:
+        return math.nan
+    if len(good) == 1:
+        return good[0][1]
+    slope, intercept = np.polyfit(np.log2([d for d, _ in good]), [b for _, b in good], 1)
+    return float(slope * math.log2(depth) + intercept)
+
+
+def initial_grid(p, key: str, history: list[tuple[int, float]], depth: int) -> list[float]:
+    """The first grid of a family at ``depth``: around ``lr_centers[key]`` at the shallowest depth, else
+    around the extrapolation of its best rates so far (see the module docstring)."""
+    if not history:
+        return grid_around(p.lr_centers[key], p.first_half_points, LR_STEP)
+    center = extrapolate([d for d, _ in history], [b for _, b in history], depth)
+    return grid_around(center if math.isfinite(center) else p.lr_centers[key], p.half_points, LR_STEP)
+
+
+def run(p) -> dict:
+    """Every family's learning-rate sweep over the depths (grids widened at their edges), the runs at the
+    rate transferred from the shallowest depth, and the coordinate check."""
+    widths = family_widths(p)
+    parts: list[pd.DataFrame] = []
+    layer_parts: list[pd.DataFrame] = []
+    history: dict[str, list] = {key: [] for key in FAMILIES}
+    transferred: dict[str, float] = {}
+
+    def execute(todo, in_grid):
+        r, lay = _sweep(p, todo, widths)
+        parts.append(r.assign(in_grid=in_grid))
+        layer_parts.append(lay)
+
+    for depth in progress(p.depths, desc="depths"):
+        grids = {key: initial_grid(p, key, history[key], depth) for key in FAMILIES}
+        pending = dict(grids)
+        for round_ in range(p.max_widen + 1):
+            execute([(key, depth, x, s) for key, g in pending.items() for x in g for s in p.seeds], True)
+            runs = pd.concat(parts, ignore_index=True)
+            pending = {}
+            for key in FAMILIES:
+                best = best_log2_lr(*table(runs, key, depth))
+                if best.edge is not None and round_ < p.max_widen:
+                    pending[key] = widen(grids[key], best.edge, 2, LR_STEP)
+                    grids[key] = sorted(grids[key] + pending[key])
+            if not pending:
+                break
+        for key in FAMILIES:
+            best = best_log2_lr(*table(runs, key, depth)).value
+            history[key].append((depth, best))
+            if depth == p.depths[0]:
+                transferred[key] = round(best / LR_STEP) * LR_STEP if math.isfinite(best) else math.nan
+        # The rate transferred from the shallowest depth, where the grid does not hold it.
+        extra = [(key, depth, transferred[key], s) for key in FAMILIES for s in p.seeds
+                 if math.isfinite(transferred[key]) and not any(math.isclose(transferred[key], x) for x in grids[key])]
+        if extra:
+            execute(extra, False)
+    runs = pd.concat(parts, ignore_index=True)
+    runs["label"] = runs.family.map({k: f.label for k, f in FAMILIES.items()})
+    runs["lr"] = [2.0**x * lr_factor(FAMILIES[k], d, p.depths[0])
+                  for k, d, x in zip(runs.family, runs.depth, runs.log2_lr)]
+    runs["transferred"] = [math.isclose(x, transferred[k]) for k, x in zip(runs.family, runs.log2_lr)]
+    return {"runs": runs, "layers": pd.concat(layer_parts, ignore_index=True), "params": parameter_counts(p),
+            "coord": coord_frame(p, widths, transferred), "transferred": pd.Series(transferred, name="log2_lr")}
+
+
+def coord_frame(p, widths: dict, transferred: dict) -> pd.DataFrame:
+    """``nup.analysis.coord_check`` over the depths for every family at its transferred rate."""
+    from nup.analysis.coord_check import coord_check
+
+    parts = []
+    for key, f in progress(list(FAMILIES.items()), desc="coordinate check"):
+        if not math.isfinite(transferred[key]):
+            continue
+        # One call per rate: all depths at once for a fixed rate, one depth at a time for lr/depth.
+        per_depth = [[d] for d in p.depths] if f.lr_rule != "fixed" else [list(p.depths)]
+        for depths in per_depth:
+            spec = dict(f.fields, lr=2.0 ** transferred[key] * lr_factor(f, depths[0], p.depths[0]))
+            if spec["parameterization"] == "mup":
+                spec["base_width"] = widths[key]
+            parts.append(coord_check({f.label: spec}, depths, [widths[key]], steps=p.coord_steps, seeds=p.seeds,
+                                     n_jobs=p.n_jobs, activation=p.activation, n_train=p.n_train,
+                                     probe_size=p.n_train))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.assign(family=frame.label.map({f.label: k for k, f in FAMILIES.items()}))
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def best_lrs(runs: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per family and depth: the best ``log2(lr)`` with its bootstrap interval, the grid's extent, whether
+    the minimum stayed at an edge, and the mean loss over seeds at the grid minimum."""
+    rows = []
+    for (key, depth), _ in runs.groupby(["family", "depth"], sort=False):
+        x, losses = table(runs, key, depth)
+        best = best_log2_lr(x, losses)
+        est = best_lr_bootstrap(x, losses, n_boot=n_boot, seed=seed)
+        at_min = losses[:, best.index] if best.index >= 0 else np.full(len(losses), np.nan)
+        loss = float(np.exp(log_loss_table(losses)[:, best.index]).mean()) if best.index >= 0 else math.nan
+        rows.append((key, FAMILIES[key].label, depth, est.value, est.low, est.high, x[0], x[-1], len(x), best.edge,
+                     loss, int(np.sum(~np.isfinite(at_min)))))
+    return pd.DataFrame(rows, columns=["family", "label", "depth", "log2_best_lr", "low", "high", "grid_low",
+                                       "grid_high", "n_lrs", "edge", "best_loss", "diverged_at_best"])
+
+
+def slope_estimate(runs: pd.DataFrame, key: str, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Slope of ``log best lr`` against ``log depth`` (base rates: a rule such as ``lr/depth`` is part of
+    the family), bootstrap over each depth's seeds."""
+    depths = sorted(runs[runs.family == key].depth.unique())
+    return depth_slope({int(d): table(runs, key, d) for d in depths}, n_boot=n_boot, seed=seed)
+
+
+def transferred_changes(runs: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The hidden preactivation change per seed (rows) and depth (columns, every depth of the sweep) at the
+    family's transferred rate; inf where a run diverged, NaN where a run is missing."""
+    d = runs[(runs.family == key) & runs.transferred]
+    t = d.pivot_table(index="seed", columns="depth", values="hidden_change", aggfunc="first")
+    return t.reindex(columns=sorted(runs.depth.unique()))
+
+
+def preact_exponent(changes: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """Exponent ``p`` of ``mean over seeds of the hidden change ~ depth^p`` (``changes``: seeds x depths),
+    resampling each depth's seeds independently; NaN (never True) when a run diverged or a depth is missing."""
+    depths = changes.columns.to_numpy(dtype=float)
+    values = changes.to_numpy(dtype=float)
+    if len(depths) < 2 or np.isnan(values).any() or not np.isfinite(values).all():
+        return Estimate(math.nan, math.nan, math.nan)
+
+    def exponent(v):
+        means = v.mean(axis=0)
+        return power_law(depths, means).exponent if np.all(means > 0) else math.nan
+
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    # Resample every depth's column independently: stack the resampled columns into one replicate.
+    stats = [exponent(np.stack([values[rng.integers(0, n, n), j] for j in range(len(depths))], axis=1))
+             for _ in range(n_boot)]
+    return _percentile_estimate(exponent(values), stats, 0.95)
+
+
+def deepest_losses(runs: pd.DataFrame, depth: int) -> dict[str, np.ndarray]:
+    """Per family, the per-seed losses at the deepest depth at its grid minimum (a diverged seed counts as
+    the worst run of its table that trained, as in the best-rate fit)."""
+    out = {}
+    for key in runs.family.unique():
+        x, losses = table(runs, key, depth)
+        best = best_log2_lr(x, losses)
+        out[key] = np.exp(log_loss_table(losses)[:, best.index]) if best.index >= 0 else np.full(len(losses), np.nan)
+    return out
+
+
+def loss_ratios(runs: pd.DataFrame, depth: int, n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
+    """Each family's mean loss at the deepest depth over the best family's (lowest mean), with a bootstrap
+    interval (the two families' seeds resampled independently)."""
+    losses = deepest_losses(runs, depth)
+    means = {k: float(np.mean(v)) for k, v in losses.items()}
+    finite = {k: v for k, v in means.items() if math.isfinite(v)}
+    if not finite:
+        return {k: Estimate(math.nan, math.nan, math.nan) for k in losses}
+    best = min(finite, key=finite.get)
+    return {k: (ratio_bootstrap(v, losses[best], n_boot=n_boot, seed=seed) if math.isfinite(means[k])
+                else Estimate(math.nan, math.nan, math.nan)) for k, v in losses.items()}
+
+
+def claims(frames: dict, p) -> list[Verdict]:
+    runs = frames["runs"]
+    boot = dict(n_boot=p.n_boot, seed=0)
+    ratios = loss_ratios(runs, p.depths[-1], **boot)
+    slopes, exponents = [], []
+    for key, f in FAMILIES.items():
+        s = slope_estimate(runs, key, **boot)
+        slopes.append(within(f"{f.label} keeps its best learning rate across depth (slope of log best lr vs log "
+                             f"depth within 0 +- {SLOPE_TOLERANCE})", s.value, s.interval, 0.0, SLOPE_TOLERANCE))
+        e = preact_exponent(transferred_changes(runs, key), **boot)
+        exponents.append(within(f"{f.label} at the rate transferred from the shallowest depth moves the hidden "
+                                f"preactivations by a depth-independent amount (exponent vs depth within 0 +- "
+                                f"{PREACT_TOLERANCE})", e.value, e.interval, 0.0, PREACT_TOLERANCE))
+    losses = [compare(f"{f.label} at the deepest depth reaches a training loss within a factor {LOSS_FACTOR:g} of "
+                      "the best family's", ratios[key].value, ratios[key].interval, "<", LOSS_FACTOR)
+              for key, f in FAMILIES.items()]
+    return slopes + exponents + losses
