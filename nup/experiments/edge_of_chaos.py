@@ -27,6 +27,7 @@ from nup.core.param import NTK
 from nup.experiments.schema import Choice, Float, Int, List, Schema
 from nup.progress import progress
 from nup.theory.eoc import iterate_correlation_map, sample_norm_ratios
+from nup.training.loop import torch_threads
 
 NOTEBOOK = "01_edge_of_chaos"
 
@@ -59,7 +60,13 @@ N_BOOT = 1000
 
 def run(p) -> dict:
     """Sample the norms (on and off the EOC), the spreads (two width profiles), the correlations
-    (real networks) and the sampler check (real networks against the sampler)."""
+    (real networks) and the sampler check (real networks against the sampler), under the fixed torch
+    thread count of every run (``nup.training.loop.THREADS``), so the numbers do not depend on the machine."""
+    with torch_threads():
+        return _run(p)
+
+
+def _run(p) -> dict:
     depths = np.arange(1, p.max_depth + 1)
     samples, norm_rows, spread_rows = {}, [], []
     for i, act in enumerate(progress(p.activations, desc="norms and spreads")):
