@@ -1,0 +1,457 @@
+"""Notebook 05, claim 7: the lazy / catapult / divergent phases of ``eta * lambda_0``, the upper edge of the
+catapult window against depth, and the Edge of Stability.
+
+Full-batch GD with MSE ``|f - y|^2/(2n)``, ``K = J J^T/n``, ``lambda_0 = lambda_max(K_0)`` of every network
+(measured on its own training set), ``eta = ratio/lambda_0``.  Literature (Lewkowycz et al. 2020): lazy
+below 2, catapult from 2 to the window's upper edge (4 in the two-layer linear "uv" model, about 12
+reported for ReLU networks), divergent above.
+
+* **The scan** (``scan``): for every parameterization (``"ntk"``: NTK parameterization at the EOC,
+  constant width; ``"nup"``: νP's network, ``k^2 m`` widths at the EOC, trained by plain GD, since the
+  normalized update has no ``eta * lambda_0``), activation, depth and seed, a coarse grid of ratios, then
+  ``bisection_rounds`` geometric bisections of the bracket of the upper edge.  Each run's phase comes
+  from its loss curve and ``lambda_t`` (``run_phase``).
+* **Examples**: one lazy, one catapult and one divergent run per activation (shallowest depth, NTK
+  parameterization, first seed) with ``lambda_t`` and the sharpness.
+* **Edge of Stability** (Cohen et al. 2021): at ``eta * lambda_0 = eos_ratio < 2``, NTK parameterization
+  and PyTorch's default init (``"sp"``), several seeds, the sharpness every ``eos_every`` steps until
+  training *stops* (``stop_point``: the loss reaches ``EOS_STOP_LOSS`` or the sharpness stops changing),
+  at most ``eos_max_steps`` steps (the frame says where that bound binds).
+
+Frames (``run``): ``lambda0`` (per network), ``runs`` (one row per scan run), ``edges`` (per network:
+the bracket of the upper edge), ``examples`` and ``eos`` (long frames), ``eos_summary`` (per EOS run).
+
+Verdicts: statements about *every* run are decided by the runs themselves (the estimate is the fraction
+of runs that satisfy them, True only when all do); statements about the edge or the sharpness compare a
+mean over seeds with a threshold by its 95% bootstrap interval over seeds (``nup.analysis.verdicts``).
+The thresholds are the constants below, fixed before the runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from nup.analysis.catapult import PHASES, classify_phase, config_for_ratio, constant_loss, largest_rise, window_edge
+from nup.analysis.fits import bootstrap
+from nup.analysis.verdicts import Verdict, compare, within
+from nup.core.activations import ACTIVATIONS
+from nup.experiments.schema import Choice, Float, Int, List, Schema
+from nup.progress import progress
+from nup.training.config import RunConfig
+from nup.training.sweep import sweep
+
+NOTEBOOK = "05_catapult"
+PARAMETERIZATIONS = ("ntk", "nup")  # "nup": νP's widths and init, trained by plain GD (normalize="none")
+CELL = ["parameterization", "activation", "depth", "seed"]  # one network
+
+
+def _check(p) -> None:
+    if not {"abs", "relu"} <= set(p.activations):
+        raise ValueError(f"activations={list(p.activations)!r} is not allowed; activations must include 'abs' and "
+                         "'relu' (the verdicts compare them with the uv model's 4 and the ~12 of ReLU networks)")
+    if p.ratios[0] >= 2 or p.ratios[-1] <= 4:
+        raise ValueError(f"ratios={list(p.ratios)!r} is not allowed; ratios must reach below 2 and above 4 "
+                         "(the lazy phase and past the uv model's edge)")
+    if p.eos_window % p.eos_every or 2 * p.eos_window > p.eos_max_steps:
+        raise ValueError(f"eos_window={p.eos_window!r} is not allowed; eos_window must be a multiple of eos_every "
+                         f"({p.eos_every}) and at most eos_max_steps/2 ({p.eos_max_steps // 2})")
+
+
+SCHEMA = Schema(
+    List("activations", item=Choice("activation", choices=tuple(ACTIVATIONS)), distinct=True,
+         help="presets of the family a*s + b*abs(s); must include abs and relu"),
+    List("depths", item=Int("depth", minimum=2), min_length=2, increasing=True,
+         help="NTK parameterization: layers l of the scanned networks"),
+    Int("width", minimum=2, help="NTK parameterization: constant hidden width"),
+    List("nup_depths", item=Int("depth", minimum=2), min_length=2, increasing=True,
+         help="νP's network (k^2 m widths), trained by plain GD"),
+    Int("nup_width", minimum=1, help="νP: base width m"),
+    Int("n_train", minimum=16, help="Fashion-MNIST training samples, one-hot targets, MSE"),
+    Int("steps", minimum=10, help="full-batch GD steps of every scan run"),
+    List("seeds", item=Int("seed", minimum=0), min_length=2, distinct=True, help="networks per depth"),
+    List("ratios", item=Float("ratio", positive=True), min_length=3, increasing=True,
+         help="coarse grid of eta * lambda_0"),
+    Int("bisection_rounds", minimum=0, help="geometric bisections of the upper edge's bracket"),
+    Int("diagnostic_every", minimum=1, help="lambda_t of the scan runs every this many steps"),
+    Int("example_steps", minimum=10),
+    Int("example_every", minimum=1, help="lambda_t and sharpness of the example runs"),
+    Float("eos_ratio", positive=True, maximum=1.99, help="eta * lambda_0 of the Edge-of-Stability runs"),
+    List("eos_seeds", item=Int("seed", minimum=0), min_length=2, distinct=True),
+    Int("eos_max_steps", minimum=100, help="the bound on the Edge-of-Stability runs"),
+    Int("eos_every", minimum=1, help="sharpness and loss every this many steps"),
+    Int("eos_window", minimum=1, help="the sharpness has stopped changing when its median over this many steps "
+                                      "moved by less than 1% from the window before"),
+    Int("n_jobs", minimum=1),
+    checks=(_check,),
+)
+
+# Thresholds, fixed before the runs.
+STABILITY = 2.0                    # eta * lambda = 2: the linear stability threshold
+UV_EDGE, UV_TOLERANCE = 4.0, 0.25  # abs: the upper edge within 25% of the uv model's 4
+RELU_EDGE, RELU_TOLERANCE = 12.0, 0.50  # relu: within 50% of the ~12 reported for ReLU networks
+DEPTH_TOLERANCE = 0.25             # "does not depend on depth": deepest edge within 25% of the shallowest
+EOS_TOLERANCE = 0.10               # the sharpness within 10% of 2/eta
+EOS_STOP_LOSS = 1e-4               # an Edge-of-Stability run stops when the loss reaches this ...
+EOS_FLAT = 0.01                    # ... or the median of eta*sharpness moved by less than 1% over one window
+N_BOOT = 1000
+
+
+# ---------------------------------------------------------------------------- lambda_0 through the run cache
+
+def initial_eigenvalues(configs: list[RunConfig], n_jobs: int = 1, digits: int = 4) -> list[float]:
+    """``lambda_max(K_0)`` (full training set, the model each config trains) of every config, as the step-0
+    value of the ``"ntk_lambda"`` diagnostic of a 0-step run: cached like any run and computed in parallel.
+    Rounded to ``digits`` significant digits, so the learning rates set from it do not move (nor miss the
+    run cache) when the eigen-solver's last digits do."""
+    probes = [c.replace(steps=0, diagnostics=("ntk_lambda",), diagnostic_every=1, lr=1.0, schedule="constant",
+                        schedule_options=(), n_test=0) for c in configs]
+    frame = sweep(probes, n_jobs=n_jobs)
+    values = frame[frame.metric == "ntk_lambda"].sort_values(["run", "step"]).groupby("run")["value"].first()
+    return [float(f"{values[i]:.{digits}g}") for i in range(len(configs))]
+
+
+# ---------------------------------------------------------------------------- phases of runs
+
+def run_phase(loss, diverged: bool, lambda_ratio: float, baseline: float) -> str:
+    """``nup.analysis.catapult.classify_phase`` (blow-up, no return below half the initial loss, or a
+    network whose ``lambda_t`` collapsed: divergent; no rise above 5%: lazy; else catapult), with one more
+    rule: a run that spiked and came back no better than the best constant output (``baseline``) died in
+    its spike and counts as divergent.  A run without a spike that is merely slow (deep networks learn
+    little beyond the constant in a few hundred steps) stays lazy."""
+    phase = classify_phase(loss, diverged, lambda_ratio=lambda_ratio)
+    if phase == "catapult" and not np.asarray(loss, dtype=float)[-1] < baseline:
+        return "divergent"
+    return phase
+
+
+def _finite_min(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.min()) if values.size else math.nan
+
+
+def summarize_run(loss, lam, diverged: bool, lambda0: float, ratio: float, baseline: float) -> dict:
+    """One run's phase and numbers from its loss (every step) and ``lambda_t`` (every diagnostic step,
+    from step 0) at ``eta = ratio/lambda0``: ``eta_lambda_min`` after step 0 and ``eta_lambda_end``."""
+    loss, lam = np.asarray(loss, dtype=float), np.asarray(lam, dtype=float)
+    lambda_ratio = lam[-1] / lambda0 if len(lam) and not diverged else math.nan
+    eta_lam = ratio * lam / lambda0
+    return dict(phase=run_phase(loss, diverged, lambda_ratio, baseline), rise=largest_rise(loss),
+                final_loss=float(loss[-1]), eta_lambda_min=_finite_min(eta_lam[1:]),
+                eta_lambda_end=float(eta_lam[-1]) if len(lam) and not diverged else math.nan)
+
+
+def series_by_run(frame: pd.DataFrame, name: str) -> dict[int, np.ndarray]:
+    """``{run: values of metric name (layer 0) in step order}`` of a sweep frame."""
+    rows = frame[(frame.metric == name) & (frame.layer == 0)].sort_values(["run", "step"], kind="stable")
+    return {run: g.to_numpy() for run, g in rows.groupby("run")["value"]}
+
+
+def run_grid(p, points: list[tuple], networks: pd.DataFrame, desc: str = "runs") -> pd.DataFrame:
+    """Run ``points`` = ``[(network key (parameterization, activation, depth, seed), ratio), ...]`` and return
+    one summary row per run (the network key, ``ratio``, ``lr`` and ``summarize_run``'s numbers)."""
+    if not points:
+        return pd.DataFrame(columns=[*CELL, "ratio", "lr", "phase"])
+    table = networks.set_index(CELL)
+    configs = [config_for_ratio(network_config(p, *key), ratio, table.loc[key, "lambda0"]) for key, ratio in points]
+    frame = sweep(configs, n_jobs=p.n_jobs)
+    loss, lam = series_by_run(frame, "loss"), series_by_run(frame, "ntk_lambda")
+    diverged = frame.drop_duplicates("run").set_index("run")["diverged"].astype(bool)
+    rows = []
+    for i, (key, ratio) in enumerate(points):
+        summary = summarize_run(loss[i], lam.get(i, []), bool(diverged[i]), table.loc[key, "lambda0"], ratio,
+                                table.loc[key, "baseline"])
+        rows.append(dict(zip(CELL, key), ratio=ratio, lr=configs[i].lr, **summary))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- the scan
+
+def network_config(p, parameterization: str, activation: str, depth: int, seed: int) -> RunConfig:
+    """The scan's network: NTK parameterization at constant ``width``, or νP's network (``k^2 m`` widths,
+    base ``nup_width``) trained by plain GD; ``lambda_t`` every ``diagnostic_every`` steps."""
+    extra = dict(width=p.width) if parameterization == "ntk" else dict(width=p.nup_width, normalize="none")
+    return RunConfig(parameterization=parameterization, activation=activation, depth=depth, n_train=p.n_train,
+                     steps=p.steps, seed=seed, diagnostics=("ntk_lambda",), diagnostic_every=p.diagnostic_every,
+                     **extra)
+
+
+def networks(p) -> pd.DataFrame:
+    """Every scanned network with its ``lambda0`` and ``baseline`` (the loss of the best constant output)."""
+    keys = [(param, act, depth, seed) for param in PARAMETERIZATIONS for act in p.activations
+            for depth in (p.depths if param == "ntk" else p.nup_depths) for seed in p.seeds]
+    configs = [network_config(p, *key) for key in keys]
+    table = pd.DataFrame(keys, columns=CELL)
+    table["lambda0"] = initial_eigenvalues(configs, p.n_jobs)
+    table["baseline"] = constant_loss(configs[0])  # the same training targets for every network
+    return table
+
+
+def bisection_points(runs: pd.DataFrame) -> list[tuple]:
+    """The geometric midpoint of every network's finite bracket of the upper edge."""
+    points = []
+    for key, g in runs.groupby(CELL, sort=False):
+        lo, hi = window_edge(g.ratio, g.phase)
+        if math.isfinite(lo) and math.isfinite(hi):
+            points.append((key, math.sqrt(lo * hi)))
+    return points
+
+
+def scan(p) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(networks, runs)``: the coarse grid of ratios on every network, then the bisection rounds."""
+    table = networks(p)
+    keys = [(str(a), str(b), int(c), int(d)) for a, b, c, d in table[CELL].itertuples(index=False)]
+    runs = run_grid(p, [(key, r) for key in keys for r in p.ratios], table)
+    runs["stage"] = "grid"
+    for k in progress(range(p.bisection_rounds), desc="bisection rounds"):
+        more = run_grid(p, bisection_points(runs), table).assign(stage=f"bisection {k + 1}")
+        runs = pd.concat([runs, more], ignore_index=True)
+    return table, runs
+
+
+def window_edges(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per network: the bracket ``[lo, hi)`` of the upper edge, ``edge = sqrt(lo * hi)``, ``censored``
+    (``"above"``: no run diverged, edge set to ``lo``, a lower bound; ``"below"``: the smallest ratio already
+    diverged, edge set to ``hi``, an upper bound) and ``first_spike`` (the smallest catapult ratio)."""
+    rows = []
+    for key, g in runs.groupby(CELL, sort=True):
+        lo, hi = window_edge(g.ratio, g.phase)
+        censored = "above" if not math.isfinite(hi) else "below" if not math.isfinite(lo) else ""
+        edge = lo if censored == "above" else hi if censored == "below" else math.sqrt(lo * hi)
+        spikes = g[g.phase == "catapult"].ratio
+        rows.append(dict(zip(CELL, key), lo=lo, hi=hi, edge=edge, censored=censored,
+                         first_spike=float(spikes.min()) if len(spikes) else math.nan))
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- examples
+
+def example_ratios(runs: pd.DataFrame) -> dict[str, float]:
+    """One network's example ratio per phase: the largest lazy ratio below 2, the catapult ratio nearest
+    (in log) to the middle of the window, the smallest divergent ratio (phases that never occur are left out)."""
+    chosen = {}
+    lazy = runs[(runs.phase == "lazy") & (runs.ratio < STABILITY)].ratio
+    if len(lazy):
+        chosen["lazy"] = float(lazy.max())
+    catapult = runs[runs.phase == "catapult"].ratio.to_numpy()
+    if len(catapult):
+        middle = np.log(catapult).mean()
+        chosen["catapult"] = float(catapult[np.argmin(np.abs(np.log(catapult) - middle))])
+    divergent = runs[runs.phase == "divergent"].ratio
+    if len(divergent):
+        chosen["divergent"] = float(divergent.min())
+    return chosen
+
+
+def examples(p, table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The example runs (NTK parameterization, shallowest depth, first seed) with ``lambda_t`` and the
+    sharpness every ``example_every`` steps; long frame with ``activation``, ``phase``, ``ratio``, ``lr``."""
+    points = []
+    for act in p.activations:
+        key = ("ntk", act, p.depths[0], p.seeds[0])
+        mine = runs[(runs[CELL] == pd.Series(key, index=CELL)).all(axis=1)]
+        points += [(key, phase, ratio) for phase, ratio in example_ratios(mine).items()]
+    lam = table.set_index(CELL)["lambda0"]
+    configs = [config_for_ratio(network_config(p, *key).replace(steps=p.example_steps, diagnostic_every=p.example_every,
+                                                                 diagnostics=("ntk_lambda", "sharpness")),
+                                ratio, lam[key]) for key, _, ratio in points]
+    frame = sweep(configs, n_jobs=p.n_jobs)
+    info = pd.DataFrame([dict(run=i, activation=key[1], phase=phase, ratio=ratio, lr=c.lr)
+                         for i, ((key, phase, ratio), c) in enumerate(zip(points, configs))])
+    return frame.drop(columns=[c for c in ("activation", "lr") if c in frame.columns]).merge(info, on="run")
+
+
+# ---------------------------------------------------------------------------- Edge of Stability
+
+def eos_config(p, parameterization: str, activation: str, seed: int) -> RunConfig:
+    return RunConfig(parameterization=parameterization, activation=activation, depth=p.depths[0], width=p.width,
+                     n_train=p.n_train, steps=p.eos_max_steps, seed=seed, diagnostics=("sharpness",),
+                     diagnostic_every=p.eos_every, record_every=p.eos_every)
+
+
+def stop_point(steps, eta_sharpness, loss, window: int, flat: float = EOS_FLAT,
+               stop_loss: float = EOS_STOP_LOSS) -> tuple[int, str]:
+    """Where training *stops*: the first recorded step at which the loss is at most ``stop_loss``
+    (``"loss"``), or at which the median of ``eta * sharpness`` over the last ``window`` steps moved by at
+    most ``flat`` (relative) from the median over the ``window`` steps before (``"flat"``); else the last
+    step (``"max_steps"``: the bound binds).  ``steps``, ``eta_sharpness`` and ``loss`` are aligned."""
+    steps = np.asarray(steps, dtype=float)
+    s, loss = np.asarray(eta_sharpness, dtype=float), np.asarray(loss, dtype=float)
+    for i, t in enumerate(steps):
+        if loss[i] <= stop_loss:
+            return int(t), "loss"
+        if t - steps[0] >= 2 * window:
+            recent = np.median(s[(steps > t - window) & (steps <= t)])
+            before = np.median(s[(steps > t - 2 * window) & (steps <= t - window)])
+            if abs(recent - before) <= flat * abs(recent):
+                return int(t), "flat"
+    return int(steps[-1]), "max_steps"
+
+
+def summarize_eos(steps, eta_sharpness, loss, window: int, diverged: bool = False) -> dict:
+    """``start`` (eta*sharpness at step 0), ``peak`` (up to the stop), ``final`` (its median over the last
+    ``window`` steps before the stop), ``stop_step``, ``stop_reason`` and the loss there."""
+    steps, s, loss = (np.asarray(a, dtype=float) for a in (steps, eta_sharpness, loss))
+    stop, reason = stop_point(steps, s, loss, window)
+    if diverged:
+        reason = "diverged"
+    upto = steps <= stop
+    last = upto & (steps > stop - window)
+    return dict(start=float(s[0]), peak=float(s[upto].max()), final=float(np.median(s[last])), stop_step=stop,
+                stop_reason=reason, stop_loss=float(loss[upto][-1]))
+
+
+def edge_of_stability(p) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The EOS runs (NTK parameterization and SP, every activation, ``eos_seeds``) at ``eta * lambda_0 =
+    eos_ratio``: the long frame (with ``eta_sharpness``) and one summary row per run."""
+    keys = [(param, act, seed) for param in ("ntk", "sp") for act in p.activations for seed in p.eos_seeds]
+    bases = [eos_config(p, *key) for key in keys]
+    configs = [config_for_ratio(c, p.eos_ratio, lam) for c, lam in zip(bases, initial_eigenvalues(bases, p.n_jobs))]
+    frame = sweep(configs, n_jobs=p.n_jobs)
+    info = pd.DataFrame([dict(run=i, parameterization=k[0], activation=k[1], seed=k[2], lr=c.lr)
+                         for i, (k, c) in enumerate(zip(keys, configs))])
+    frame = frame.drop(columns=[c for c in ("parameterization", "activation", "seed", "lr") if c in frame.columns])
+    frame = frame.merge(info, on="run")
+    rows = []
+    for i, key in enumerate(keys):
+        d = frame[(frame.run == i) & (frame.layer == 0)]
+        s = d[d.metric == "sharpness"].set_index("step")["value"] * configs[i].lr
+        loss = d[d.metric == "loss"].set_index("step")["value"].reindex(s.index)
+        rows.append(dict(parameterization=key[0], activation=key[1], seed=key[2], lr=configs[i].lr,
+                         **summarize_eos(s.index, s.to_numpy(), loss.to_numpy(), p.eos_window,
+                                         bool(d["diverged"].iloc[0]))))
+    return frame, pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- run
+
+def run(p) -> dict:
+    """The scan (coarse grid and bisection on every network), the examples and the Edge-of-Stability runs."""
+    table, runs = scan(p)
+    eos, eos_summary = edge_of_stability(p)
+    return {"lambda0": table, "runs": runs, "edges": window_edges(runs), "examples": examples(p, table, runs),
+            "eos": eos, "eos_summary": eos_summary}
+
+
+# ---------------------------------------------------------------------------- statistics and verdicts
+
+def phases_in_order(ratios, phases) -> bool:
+    """Whether the phases, sorted by ratio, never step back (lazy, then catapult, then divergent)."""
+    order = [PHASES.index(ph) for _, ph in sorted(zip(ratios, phases))]
+    return bool(np.all(np.diff(order) >= 0))
+
+
+def edge_matrix(edges: pd.DataFrame, parameterization: str | None = None) -> tuple[np.ndarray, list[tuple]]:
+    """``(E, cells)``: the edges as a (seeds x cells) matrix, cells ``(parameterization, activation, depth)``
+    in sorted order; the rows (seeds) are what the bootstrap resamples."""
+    d = edges if parameterization is None else edges[edges.parameterization == parameterization]
+    table = d.pivot_table(index="seed", columns=["parameterization", "activation", "depth"], values="edge")
+    if table.isna().any().any():
+        raise ValueError("every network needs an edge: each cell must have the same seeds")
+    return np.log(table.to_numpy(dtype=float)), list(table.columns)
+
+
+def _geomean(log_edges: np.ndarray) -> np.ndarray:
+    return np.exp(np.mean(log_edges, axis=0))
+
+
+def worst_deviation(log_edges: np.ndarray, columns: list[int], target: float) -> float:
+    """``max`` over the given cells of ``|geometric mean over seeds / target - 1|``."""
+    return float(np.max(np.abs(_geomean(log_edges[:, columns]) / target - 1)))
+
+
+def edge_summary(edges: pd.DataFrame) -> pd.DataFrame:
+    """Per ``(parameterization, activation, depth)``: the geometric mean of the edge over seeds with its 95%
+    bootstrap interval (``low``, ``high``), the seeds' range and how many seeds' edges are censored."""
+    rows = []
+    for (param, act, depth), g in edges.groupby(["parameterization", "activation", "depth"]):
+        log_e = np.log(g.edge.to_numpy(dtype=float))
+        e = bootstrap(log_e, lambda x: float(np.exp(np.mean(x))), n_boot=N_BOOT, seed=0)
+        rows.append(dict(parameterization=param, activation=act, depth=depth, edge=e.value, low=e.low, high=e.high,
+                         seed_min=float(g.edge.min()), seed_max=float(g.edge.max()),
+                         censored=int((g.censored != "").sum()), seeds=len(g)))
+    return pd.DataFrame(rows)
+
+
+def _select(cells: list[tuple], **fixed) -> list[int]:
+    names = ("parameterization", "activation", "depth")
+    return [i for i, cell in enumerate(cells) if all(cell[names.index(k)] == v for k, v in fixed.items())]
+
+
+def _fraction(mask) -> float:
+    mask = np.asarray(mask, dtype=bool)
+    return float(mask.mean()) if mask.size else math.nan
+
+
+def claims(frames: dict, p) -> list[Verdict]:
+    runs, edges, eos = frames["runs"], frames["edges"], frames["eos_summary"]
+    boot = dict(n_boot=N_BOOT, seed=0)
+    verdicts = []
+    # Every run: decided by the runs (the estimate is the fraction that satisfy the statement).
+    lazy_below = _fraction(runs[runs.ratio < STABILITY].phase == "lazy")
+    ordered = _fraction([phases_in_order(g.ratio, g.phase) for _, g in runs.groupby(CELL)])
+    spiked = _fraction([(g.phase == "catapult").any() for _, g in runs.groupby(CELL)])
+    catapults = runs[runs.phase == "catapult"]
+    drops = _fraction(catapults.eta_lambda_min < STABILITY)
+    verdicts += [
+        compare("below eta*lambda_0 = 2 every run is lazy (the loss decreases monotonically; every network)",
+                lazy_below, None, ">=", 1.0),
+        compare("in every network the phases appear in order as eta*lambda_0 grows (lazy, catapult, divergent; "
+                "never back)", ordered, None, ">=", 1.0),
+        compare("every network has a catapult phase (a run that spikes and converges between the lazy and the "
+                "divergent runs)", spiked, None, ">=", 1.0),
+        compare("in every catapult run eta*lambda_t drops below 2 after the spike", drops, None, ">=", 1.0),
+    ]
+    for act in p.activations:
+        ends = _fraction(catapults[catapults.activation == act].eta_lambda_end < STABILITY)
+        verdicts.append(compare(f"in the catapult phase eta*lambda_t ends below 2 (every {act} run)", ends, None,
+                                ">=", 1.0))
+    # The upper edge: geometric means over seeds, bootstrap over seeds.
+    log_e, cells = edge_matrix(edges)
+    above = bootstrap(log_e, lambda e: float(_geomean(e).min()), **boot)
+    verdicts.append(compare("the upper edge of the catapult window lies above 2 in every network (every depth, "
+                            "activation and parameterization)", above.value, above.interval, ">", STABILITY))
+    for act, target, tol, source in (("abs", UV_EDGE, UV_TOLERANCE, "the uv model's 4"),
+                                     ("relu", RELU_EDGE, RELU_TOLERANCE, "the ~12 reported for ReLU nets")):
+        shallow = _select(cells, parameterization="ntk", activation=act, depth=p.depths[0])
+        e = bootstrap(log_e[:, shallow], lambda x: float(_geomean(x)[0]), **boot)
+        verdicts.append(within(f"at the shallowest depth the upper edge for {act} lies within {tol:.0%} of {source} "
+                               "(NTK parameterization)", e.value, e.interval, target, tol * target))
+        for param, name in (("ntk", "NTK parameterization"), ("nup", "νP")):
+            cols = _select(cells, parameterization=param, activation=act)
+            e = bootstrap(log_e, lambda x, cols=cols, target=target: worst_deviation(x, cols, target), **boot)
+            verdicts.append(compare(f"at every depth the upper edge for {act} lies within {tol:.0%} of {source} "
+                                    f"({name})", e.value, e.interval, "<", tol))
+    pairs = [(_select(cells, parameterization=c[0], activation="relu", depth=c[2])[0], i)
+             for i, c in enumerate(cells) if c[1] == "abs"]
+    relu_idx, abs_idx = [a for a, _ in pairs], [b for _, b in pairs]
+    e = bootstrap(log_e, lambda x: float(np.min(_geomean(x[:, relu_idx]) / _geomean(x[:, abs_idx]))), **boot)
+    verdicts.append(compare("the upper edge for relu lies above that for abs at every depth (both "
+                            "parameterizations)", e.value, e.interval, ">", 1.0))
+    ends = []
+    for param in PARAMETERIZATIONS:
+        depths = p.depths if param == "ntk" else p.nup_depths
+        for act in p.activations:
+            ends.append((_select(cells, parameterization=param, activation=act, depth=depths[0])[0],
+                         _select(cells, parameterization=param, activation=act, depth=depths[-1])[0]))
+    first, last = [a for a, _ in ends], [b for _, b in ends]
+    e = bootstrap(log_e, lambda x: float(np.max(np.abs(_geomean(x[:, last]) / _geomean(x[:, first]) - 1))), **boot)
+    verdicts.append(compare(f"the upper edge does not depend on depth (the deepest network's lies within "
+                            f"{DEPTH_TOLERANCE:.0%} of the shallowest's; every activation, both parameterizations)",
+                            e.value, e.interval, "<", DEPTH_TOLERANCE))
+    # Edge of Stability: the mean over seeds of eta*sharpness when training stops.
+    finals = eos.pivot_table(index="seed", columns=["parameterization", "activation"], values="final")
+    ntk = finals["ntk"].to_numpy()
+    e = bootstrap(ntk, lambda s: float(np.max(np.mean(s, axis=0))), **boot)
+    verdicts.append(compare(f"at the EOC (NTK parameterization) progressive sharpening brings the sharpness to "
+                            f"within {EOS_TOLERANCE:.0%} of 2/eta before training stops (any activation)",
+                            e.value, e.interval, ">=", STABILITY * (1 - EOS_TOLERANCE)))
+    for act in p.activations:
+        e = bootstrap(finals["sp"][act].to_numpy(), lambda s: float(np.mean(s)), **boot)
+        verdicts.append(within(f"with PyTorch's default init (SP) the {act} net's sharpness rises to 2/eta and "
+                               f"hovers within {EOS_TOLERANCE:.0%} of it when training stops", e.value, e.interval,
+                               STABILITY, STABILITY * EOS_TOLERANCE))
+    return verdicts
