@@ -312,3 +312,39 @@ def test_diverged_and_collapsed_runs_are_left_out():
 def test_schema_refuses_bad_sizes(change, pattern):
     with pytest.raises(ValueError, match=pattern):
         e.SCHEMA.validate({**P, **change})
+
+
+# --------------------------------------------------------------------------------- tables
+
+def test_partial_table_covers_every_lag_measure_and_population():
+    frames = _frames(noise=0.3)
+    table = e.partial_table(frames, n_boot=50)
+    assert len(table) == 2 * len(e.LAGS) * (len(e.MEASURES) + 1)
+    fixed = table[(table.runs == "fixed step (no momentum)") & (table.k == 1) & (table.measure == "ntk_change")]
+    runs = e.fixed_step_runs(frames["runs"])
+    assert fixed.estimate.iloc[0] == pytest.approx(e.fixed_step_correlation(runs, "mean_cos", "ntk_change"))
+    assert set(table.controls) == {"lr, width", "lr, width, step length"}
+    assert (table.low <= table.estimate + 1e-12).all() and (table.estimate <= table.high + 1e-12).all()
+
+
+def test_layer_table_per_layer():
+    frames = _frames()
+    runs = e.fixed_step_runs(frames["runs"])
+    layers = pd.concat([pd.DataFrame({"run": runs.run, "layer": k, "mean_cos": runs.mean_cos * k,
+                                      "mean_cos_k2": 0.5, "mean_cos_k10": 0.25,
+                                      "preact_change": (runs.mean_cos if k < 3 else -runs.mean_cos) + runs.lr})
+                        for k in (1, 2, 3)], ignore_index=True)
+    table = e.layer_table({**frames, "layers": layers}, n_boot=50).set_index("layer")
+    assert table.mean_cos[2] == pytest.approx(2 * runs.mean_cos.mean()) and table.mean_cos_k10[3] == 0.25
+    # Monotone within every cell; global ranks interleave the cells, so not exactly +-1.
+    assert table.partial_corr_preact[1] > 0.95 and table.partial_corr_preact[3] < -0.95
+    assert table.low[1] <= table.partial_corr_preact[1] <= table.high[1] and table.low[1] > 0.9
+
+
+def test_example_runs_pick_the_lazy_end_and_the_two_nup_extremes():
+    runs = _frames()["runs"]
+    picks = e.example_runs(runs)
+    chosen = runs.set_index("run").loc[list(picks.values())]
+    assert list(chosen.family) == [e.PLAIN, e.NORMALIZED, e.NORMALIZED] and (chosen.knob == "GD").all()
+    assert chosen.lr.tolist() == [runs[runs.family == e.PLAIN].lr.min(), 0.1, 1.0]
+    assert chosen.width.tolist()[1:] == [8, 4] and (chosen.seed == 0).all()

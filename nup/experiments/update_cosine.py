@@ -474,16 +474,17 @@ def partial_table(frames: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["runs", "controls", "k", "measure", "estimate", "low", "high"])
 
 
-def layer_table(frames: dict) -> pd.DataFrame:
+def layer_table(frames: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
     """Per layer: its mean cosine (k = 1, 2, 10) over the fixed-step runs, and the partial rank
-    correlation of the layer's mean cosine with its preactivation change at fixed (lr, width)."""
+    correlation of the layer's mean cosine with its preactivation change at fixed (lr, width), with its
+    bootstrap interval over seeds (``low``, ``high``)."""
     runs = fixed_step_runs(frames["runs"])[["run", "lr", "width", "mean_step", "seed"]]
     layers = frames["layers"].merge(runs, on="run")
     rows = []
     for layer, d in layers.groupby("layer"):
         row = {"layer": layer, **{f"mean_{cos_column(k)}": d[f"mean_{cos_column(k)}"].mean() for k in LAGS}}
-        row["partial_corr_preact"] = fixed_step_correlation(d, "mean_cos", "preact_change")
-        rows.append(row)
+        est = seed_bootstrap(*fixed_step_statistic(d, "mean_cos", "preact_change"), n_boot=n_boot)
+        rows.append({**row, "partial_corr_preact": est.value, "low": est.low, "high": est.high})
     return pd.DataFrame(rows)
 
 
