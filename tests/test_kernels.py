@@ -70,6 +70,26 @@ def test_cross_kernel_all_depths_and_symmetry():
     np.testing.assert_array_equal(kernels.ntk_kernel(x.numpy(), 3), kernels.ntk_kernel(x, 3))
 
 
+def test_iterate_kernels_yields_every_depth_of_the_stack():
+    """The generator gives, depth by depth, exactly the stack of ``kernels(..., all_depths=True)``, with
+    fresh arrays (keeping one does not see later steps), and validates its arguments before the first step."""
+    x, x2 = inputs(5), inputs(3, seed=1)
+    for activation, scale in (("relu", 1.0), ("abs", 1.3)):
+        sigmas, thetas = kernels.kernels(x, 7, activation, x2=x2, sigma2_scale=scale, all_depths=True)
+        kept = []
+        for depth, sigma, theta in kernels.iterate_kernels(x, activation, x2=x2, sigma2_scale=scale):
+            kept.append((sigma, theta))
+            if depth == 7:
+                break
+        assert [d for d, *_ in zip(range(1, 8), kept)] == list(range(1, 8))
+        np.testing.assert_array_equal(np.stack([s for s, _ in kept]), sigmas)
+        np.testing.assert_array_equal(np.stack([t for _, t in kept]), thetas)
+    with pytest.raises(ValueError, match="sigma2_scale"):
+        kernels.iterate_kernels(x, "relu", sigma2_scale=0.0)
+    with pytest.raises(ValueError, match="x2"):
+        kernels.iterate_kernels(x, "relu", x2=torch.ones(2, 3, dtype=torch.float64))
+
+
 # ---------------------------------------------------------------------------- Monte Carlo
 
 def _check_mc(estimates: np.ndarray, reference: np.ndarray, sigmas: float = 4.0, bias: float = 0.01):

@@ -26,7 +26,7 @@ import torch
 from nup.core.activations import Activation, get_activation
 from nup.validation import check_int, check_positive
 
-__all__ = ["nngp_kernel", "ntk_kernel", "kernels", "condition_number"]
+__all__ = ["nngp_kernel", "ntk_kernel", "kernels", "iterate_kernels", "condition_number"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -48,15 +48,12 @@ def _as_matrix(name: str, x: ArrayLike | None) -> np.ndarray | None:
     return x
 
 
-def kernels(x: ArrayLike, depth: int, activation: str | Activation = "relu", x2: ArrayLike | None = None,
-            sigma2_scale: float = 1.0, all_depths: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(Sigma, Theta)`` of a depth-``depth`` network between the rows of ``x`` and of ``x2`` (default ``x``).
-
-    Both are float64 ``(n, n2)`` per-output kernels, *without* the ``1/n``; with ``all_depths`` they
-    are ``(depth, n, n2)`` stacks whose entry ``k - 1`` belongs to a depth-``k`` network (one
-    recursion gives all depths, which is what a plot against depth needs).
-    """
-    check_int("depth", depth, minimum=1)
+def iterate_kernels(x: ArrayLike, activation: str | Activation = "relu", x2: ArrayLike | None = None,
+                    sigma2_scale: float = 1.0):
+    """The recursion as an endless generator of ``(depth, Sigma, Theta)`` for ``depth = 1, 2, ...``
+    (float64 ``(n, n2)`` per-output kernels without the ``1/n``), so that a sweep over depth keeps only
+    what it needs (e.g. a condition number per depth) instead of the whole ``(depth, n, n2)`` stack.
+    ``kernels`` is this generator stopped at ``depth``; the arrays yielded are fresh at every step."""
     check_positive("sigma2_scale", sigma2_scale)
     act = get_activation(activation)
     x = _as_matrix("x", x)
@@ -66,13 +63,18 @@ def kernels(x: ArrayLike, depth: int, activation: str | Activation = "relu", x2:
         x2_ = x
     elif x2_.shape[1] != x.shape[1]:
         raise ValueError(f"x2 has {x2_.shape[1]} features but x has {x.shape[1]}; they must have the same m_0")
+    return _recursion(x, x2_, act, sigma2_scale, same_points)
+
+
+def _recursion(x: np.ndarray, x2: np.ndarray, act: Activation, sigma2_scale: float, same_points: bool):
     m0 = x.shape[1]
-    sigma = x @ x2_.T / m0
+    sigma = x @ x2.T / m0
     q1 = np.einsum("ij,ij->i", x, x) / m0  # diagonals Sigma^k(x, x), tracked separately for a cross kernel
-    q2 = np.einsum("ij,ij->i", x2_, x2_) / m0
+    q2 = np.einsum("ij,ij->i", x2, x2) / m0
     theta = sigma.copy()
-    sigmas, thetas = [sigma], [theta]
-    for _ in range(depth - 1):
+    depth = 1
+    while True:
+        yield depth, sigma, theta
         scale = np.sqrt(np.outer(q1, q2))
         # A zero input has no direction: its correlation is irrelevant (scale = 0), so use c = 0.
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -86,8 +88,26 @@ def kernels(x: ArrayLike, depth: int, activation: str | Activation = "relu", x2:
         theta = sigma_next + sigma2_scale * theta * act.rho_dot(c)
         sigma = sigma_next
         q1, q2 = sigma2_scale * q1, sigma2_scale * q2  # rho(1) = 1
-        sigmas.append(sigma)
-        thetas.append(theta)
+        depth += 1
+
+
+def kernels(x: ArrayLike, depth: int, activation: str | Activation = "relu", x2: ArrayLike | None = None,
+            sigma2_scale: float = 1.0, all_depths: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(Sigma, Theta)`` of a depth-``depth`` network between the rows of ``x`` and of ``x2`` (default ``x``).
+
+    Both are float64 ``(n, n2)`` per-output kernels, *without* the ``1/n``; with ``all_depths`` they
+    are ``(depth, n, n2)`` stacks whose entry ``k - 1`` belongs to a depth-``k`` network (one
+    recursion gives all depths, which is what a plot against depth needs).  ``iterate_kernels`` yields
+    them one depth at a time.
+    """
+    check_int("depth", depth, minimum=1)
+    sigmas, thetas = [], []
+    for k, sigma, theta in iterate_kernels(x, activation, x2, sigma2_scale):
+        if all_depths:
+            sigmas.append(sigma)
+            thetas.append(theta)
+        if k == depth:
+            break
     if all_depths:
         return np.stack(sigmas), np.stack(thetas)
     return sigma, theta
