@@ -61,7 +61,7 @@ RUN_CONFIG_CASES = [
     (dict(record_every=0), "record_every=0 is out of range; record_every must be an integer >= 1"),
     (dict(diagnostic_every=0), "diagnostic_every=0 is out of range"),
     (dict(diagnostics=["gradients"]),
-     "diagnostics='gradients' is not allowed; choose one of 'updates', 'preactivations'"),
+     "diagnostics='gradients' is not allowed; choose one of 'updates', "),
     (dict(schedule="cosine"), "schedule='cosine' is not allowed; choose one of 'constant'"),
 ]
 
