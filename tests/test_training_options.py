@@ -168,3 +168,43 @@ def test_defaults_of_the_new_options_leave_the_cache_key_unchanged():
     values, _ = nup_cache._key(RunConfig(**BASE, n_val=3, full_loss=False))
     assert values["n_val"] == 3 and values["full_loss"] is False
     assert RunConfig(**values) == RunConfig(**BASE, n_val=3, full_loss=False)
+
+
+# ---------------------------------------------------------------------------- GeometricLR annealed
+
+def test_geometric_anneal_multiplies_the_rate_by_a_cosine():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=g), torch.randn(20, 1, generator=g)
+    model = torch.nn.Linear(3, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = GeometricLR(optimizer, model, lambda out, t: ((out - t) ** 2).mean() / 2, x, y, c=1.0,
+                            curvature="hessian", every=1000, anneal_steps=4)
+    eta = scheduler.last_eta  # one estimate (step 0); the cosine then acts at every step
+    rates = [optimizer.param_groups[0]["lr"]]
+    for _ in range(6):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    expected = [eta * 0.5 * (1 + math.cos(math.pi * min(t, 4) / 4)) for t in range(7)]
+    assert rates == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert rates[0] == eta and rates[4] == 0.0 == rates[6]
+    assert scheduler.anneal_factor(2) == pytest.approx(0.5)
+    unannealed = GeometricLR(torch.optim.SGD(model.parameters(), lr=1.0), model, torch.nn.functional.mse_loss, x, y,
+                             curvature="gradient")
+    assert unannealed.anneal_factor(10**6) == 1.0
+
+
+@pytest.mark.parametrize("anneal_steps", [0, 2.5, "10"])
+def test_geometric_bad_anneal_steps_are_rejected(anneal_steps):
+    config = RunConfig(**BASE, schedule="geometric",
+                       schedule_options=dict(curvature="gradient", anneal_steps=anneal_steps))
+    with pytest.raises(ValueError, match="anneal_steps"):
+        train(config)
+
+
+def test_geometric_annealed_run_ends_at_rate_zero():
+    config = RunConfig(**BASE, schedule="geometric",
+                       schedule_options=dict(curvature="gradient", probe_size=16, anneal_steps=6))
+    result = train(config)
+    lr = rows(result, "lr").set_index("step").value
+    assert not result.diverged and lr[6] == 0.0 and lr[0] > lr[3] > 0

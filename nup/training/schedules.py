@@ -42,7 +42,11 @@ the per-layer groups of ``nup.core.param``):
 on the whole training set, which costs a full pass per solver product.  The schedule option
 ``probe_size`` (``RunConfig.schedule_options``) measures them on a fixed probe batch instead: the first
 ``probe_size`` training samples (the same samples at every estimate; the order of ``load_data`` is
-already shuffled), which is what mini-batch training needs.
+already shuffled), which is what mini-batch training needs.  Mini-batch SGD also needs its rate to
+decay, or the gradient noise keeps the loss up (and with cross-entropy ``lambda_t`` falls as the logits
+grow, so ``eta_t`` rises until SGD may diverge; notebook 07): the option ``anneal_steps`` multiplies
+``eta_t`` by the cosine factor ``(1 + cos(pi t/anneal_steps))/2`` at every step ``t`` (0 after
+``anneal_steps``), so the schedule sets the rate from the geometry and the cosine takes it to 0.
 
 Call ``step()`` after ``optimizer.step()``; the constructor already sets the rates of step 0
 from the geometry at initialization.  Every estimate is appended to ``log_rows`` as
@@ -96,6 +100,8 @@ class GeometricLR(LRScheduler):
         min_lr, max_lr: bounds on ``eta_t`` (``0 <= min_lr <= max_lr``; ``max_lr`` may be ``math.inf``).
         tol, max_iter: passed to the eigen-solver (``tol`` relative, in (0, 1)).
         per_layer_scale: ``"layer"`` or ``"global"``, only used with ``normalize="per_layer"``.
+        anneal_steps: if given, ``eta_t`` is multiplied by ``(1 + cos(pi min(t, anneal_steps)/anneal_steps))/2``
+            at every step (``>= 1``; see the module docstring).
 
     When an estimate gives no finite rate (``lambda_t <= 0`` with ``max_lr = inf``, or NaN),
     ``eta_t`` keeps its previous value (``eta_ref`` at step 0).
@@ -109,7 +115,7 @@ class GeometricLR(LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss_fn: Callable,
                  x: torch.Tensor, y: torch.Tensor, c: float = 3.0, curvature: str = "ntk", every: int = 1,
                  min_lr: float = 0.0, max_lr: float = math.inf, tol: float = 1e-3, max_iter: int = 200,
-                 per_layer_scale: str = "layer"):
+                 per_layer_scale: str = "layer", anneal_steps: int | None = None):
         # Every check runs before any estimate (the base constructor already takes a step).
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"optimizer={type(optimizer).__name__} is not allowed; pass a torch.optim.Optimizer")
@@ -132,6 +138,7 @@ class GeometricLR(LRScheduler):
             raise ValueError(f"tol={tol!r} is not allowed; tol must be a relative tolerance in (0, 1)")
         self.max_iter = check_int("max_iter", max_iter, minimum=1)
         self.per_layer_scale = check_choice("per_layer_scale", per_layer_scale, PER_LAYER_SCALES)
+        self.anneal_steps = None if anneal_steps is None else check_int("anneal_steps", anneal_steps, minimum=1)
         self.normalize = getattr(optimizer, "normalize", "none")
         if self.normalize == "per_layer" and per_layer_scale == "layer":
             for i, group in enumerate(optimizer.param_groups):
@@ -161,8 +168,14 @@ class GeometricLR(LRScheduler):
         grads = None
         if self.last_eta is None or self.last_epoch % self.every == 0:
             grads = self._estimate()
-        scale = self.last_eta / self.eta_ref
+        scale = self.last_eta / self.eta_ref * self.anneal_factor(self.last_epoch)
         return [base * scale * f for base, f in zip(self._base(), self._step_factors(grads))]
+
+    def anneal_factor(self, t: int) -> float:
+        """``(1 + cos(pi min(t, T)/T))/2`` with ``T = anneal_steps``; 1 without annealing."""
+        if self.anneal_steps is None:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(t, self.anneal_steps) / self.anneal_steps))
 
     def _base(self) -> list[float]:
         return [float(b) for b in self.base_lrs]
@@ -277,7 +290,7 @@ def _options(ctx: TrainContext, schedule: str, allowed: tuple[str, ...]) -> dict
 
 
 _GEOMETRIC_OPTIONS = ("c", "curvature", "every", "min_lr", "max_lr", "tol", "max_iter", "per_layer_scale",
-                      "probe_size")
+                      "probe_size", "anneal_steps")
 
 
 def _geometric(ctx: TrainContext) -> GeometricLR:
