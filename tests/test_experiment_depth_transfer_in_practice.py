@@ -38,7 +38,7 @@ def synthetic_frames(accuracy, p=None, times=None, schedule=None):
             for j in (-1, 0, 1):
                 for s in p.seeds:
                     a = accuracy(f, d, j, s)
-                    rows.append(dict(stage="transfer", family=f, depth=d, j=j, lr=ex.grid_lr(1.0, j), seed=s,
+                    rows.append(dict(stage="transfer", family=f, depth=d, j=j, lr=ex.grid_lr(0.0, j), seed=s,
                                      val_accuracy=a, test_accuracy=a, val_loss=1.0, test_loss=1.0,
                                      diverged=bool(np.isnan(a))))
     runs = pd.DataFrame(rows)
@@ -46,7 +46,8 @@ def synthetic_frames(accuracy, p=None, times=None, schedule=None):
     costs = pd.DataFrame([dict(family=f, depth=d, params=1, repeat=r, clock="cpu", seconds_per_epoch=t,
                                cpu_per_epoch=t, wall_per_epoch=t)
                           for f in p.families for d in p.depths for r, t in enumerate(times.get(f, [1.0] * 5))])
-    schedule = schedule or {"geometric": [0.80] * len(p.seeds), "warmup_cosine": [0.80] * len(p.seeds)}
+    schedule = schedule or {"geometric": [0.80] * len(p.seeds), "geometric_annealed": [0.80] * len(p.seeds),
+                            "warmup_cosine": [0.80] * len(p.seeds)}
     sched = pd.DataFrame([dict(method=m, seed=s, lr=1.0, test_accuracy=a, diverged=False, spikes=0)
                           for m, values in schedule.items() for s, a in zip(p.seeds, values)])
     return {"runs": runs, "choices": ex.choices(runs, p.families, p.depths), "costs": costs, "schedule": sched}, p
@@ -107,7 +108,7 @@ def test_family_configs():
 def test_depth_rule_and_grid():
     assert ex.depth_factor("ntk", 12, 3) == 0.25
     assert all(ex.depth_factor(f, 12, 3) == 1.0 for f in ("nup", "residual", "sp_sgd", "sp_adam"))
-    assert [ex.grid_lr(2.0 ** -2.5, j) for j in (-1, 0, 1)] == pytest.approx([2.0 ** -3, 2.0 ** -2.5, 2.0 ** -2], rel=1e-15)
+    assert [ex.grid_lr(-2.5, j) for j in (-1, 0, 1)] == [2.0 ** -3, 2.0 ** -2.5, 2.0 ** -2]  # exact
 
 
 def test_parameter_count():
@@ -189,15 +190,16 @@ def trained_accuracy(regret_of=None, level=0.87):
 def test_claims_when_everything_transfers():
     frames, p = synthetic_frames(trained_accuracy())
     verdicts = ex.claims(frames, p)
-    assert len(verdicts) == 1 + len(FAMILIES) + 3
+    assert len(verdicts) == 1 + len(FAMILIES) + 4
     assert find(verdicts, "reaches at least 85%").holds is True
     for f in FAMILIES:
         v = find(verdicts, f"for {ex.LABELS[f]},")
         assert v.holds is True and v.estimate == 0.0
     assert find(verdicts, "within 1 point of the best").holds is True
     assert find(verdicts, "within 3x").holds is True and find(verdicts, "within 3x").estimate == 2.0
-    schedule = find(verdicts, "geometric schedule")
-    assert schedule.holds is False and schedule.estimate == 0.0
+    for name in ("(mini-batches", "annealed by a cosine"):
+        schedule = find(verdicts, name)
+        assert schedule.holds is False and schedule.estimate == 0.0
 
 
 def test_claims_regret_above_a_point_is_false_and_noise_across_it_is_undecided():
@@ -226,9 +228,13 @@ def test_claims_nup_behind_the_best_and_slow():
 
 def test_claims_schedule_gain():
     frames, p = synthetic_frames(trained_accuracy(), schedule={"geometric": [0.83, 0.84, 0.83, 0.84, 0.83],
+                                                                "geometric_annealed": [0.1, 0.82, 0.8, 0.8, 0.8],
                                                                 "warmup_cosine": [0.81, 0.81, 0.81, 0.81, 0.81]})
-    v = find(ex.claims(frames, p), "geometric schedule")
+    verdicts = ex.claims(frames, p)
+    v = find(verdicts, "(mini-batches")
     assert v.holds is True and v.estimate == pytest.approx(0.024)
+    v = find(verdicts, "annealed by a cosine")
+    assert v.holds is False and v.estimate == pytest.approx(-0.146)
 
 
 def test_undertrained_setups_leave_the_accuracy_comparisons_undecided():
@@ -239,7 +245,7 @@ def test_undertrained_setups_leave_the_accuracy_comparisons_undecided():
     assert find(verdicts, "for NTK with lr/depth,").holds is None  # would be False if trained
     assert "undertrained" in find(verdicts, "for NTK with lr/depth,").threshold
     assert find(verdicts, "within 1 point of the best").holds is None
-    assert find(verdicts, "geometric schedule").holds is None
+    assert find(verdicts, "(mini-batches").holds is None and find(verdicts, "annealed by a cosine").holds is None
     assert find(verdicts, "within 3x").holds is False  # cost does not depend on training
     assert "UNDERTRAINED" in ex.training_note(frames)
     assert "UNDERTRAINED" not in ex.training_note(synthetic_frames(trained_accuracy())[0])
@@ -270,3 +276,12 @@ def test_time_steps_measures_every_repeat(tmp_path, monkeypatch):
     assert all(t > 0 for t in timing["cpu"] + timing["wall"])
     assert ex.time_per_step(config, 3, 2) == timing  # cached
     assert (tmp_path / "timings").is_dir()
+
+
+def test_schedule_configs():
+    p = params()
+    plain, annealed = ex.schedule_config(p, 1, 0.5), ex.schedule_config(p, 1, 0.5, annealed=True)
+    options = dict(plain.schedule_options)
+    assert (plain.schedule, plain.momentum, plain.seed, plain.lr) == ("geometric", ex.SCHEDULE_MOMENTUM, 1, 0.5)
+    assert options["probe_size"] == 128 and options["curvature"] == "hessian" and "anneal_steps" not in options
+    assert dict(annealed.schedule_options)["anneal_steps"] == annealed.steps == 20

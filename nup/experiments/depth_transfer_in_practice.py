@@ -22,8 +22,9 @@ with the EOC ``sigma^2 = 2`` for ReLU, multiplier 1, one learning rate).  Every 
 
 The geometric schedule (``nup.training.schedules.GeometricLR``) runs with mini-batches on one family and
 depth, its curvature (the loss Hessian's top eigenvalue by default) measured on a fixed probe batch
-(``schedule_options probe_size``, the option added for mini-batches), against that family's tuned
-warmup+cosine runs at that depth; loss spikes are counted on the smoothed mini-batch loss.
+(``schedule_options probe_size``, the option added for mini-batches), as designed and annealed by a cosine
+(``anneal_steps``, the second option mini-batches need), against that family's tuned warmup+cosine runs at
+that depth; loss spikes are counted on the smoothed mini-batch loss.
 
 Time per epoch: ``timing_steps`` training steps (forward, loss, backward, divergence check, optimizer and
 schedule step, as in ``nup.training.loop.train``) timed ``timing_repeats`` times in this process under the
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -82,7 +84,8 @@ TRAINED_ACCURACY = 0.85  # the best family's test accuracy must reach this (~88%
 MAX_REGRET = 0.01        # the transferred rate loses at most 1 point of test accuracy at the deepest depth
 MAX_GAP = 0.01           # νP within 1 point of the best family at the deepest depth
 MAX_TIME_RATIO = 3.0     # νP's time per epoch within 3x of the residual network's at the deepest depth
-MIN_SCHEDULE_GAIN = 0.01  # the geometric schedule beats the tuned warmup+cosine by at least 1 point
+MIN_SCHEDULE_GAIN = 0.01  # the geometric schedule (either variant) beats the tuned warmup+cosine by at least 1 point
+SCHEDULE_VARIANTS = {"geometric": "schedule", "geometric_annealed": "schedule_annealed"}  # method -> stage
 N_BOOT = 1000
 
 
@@ -183,8 +186,8 @@ def depth_factor(family: str, depth: int, shallowest: int) -> float:
 
 
 def grid_lr(anchor: float, j: int) -> float:
-    """The ``j``-th point of the ``sqrt(2)`` grid around ``anchor``."""
-    return float(anchor * 2.0 ** (j / 2))
+    """The ``j``-th point of the ``sqrt(2)`` grid around ``2**anchor`` (``anchor``: a log2 rate)."""
+    return float(2.0 ** (anchor + j / 2))
 
 
 def parameter_count(p, family: str, depth: int) -> int:
@@ -263,6 +266,14 @@ def spikes(values, window: int, rise: float) -> int:
 
 # ---------------------------------------------------------------------------- runs
 
+def _sweep(configs: list[RunConfig], n_jobs: int) -> pd.DataFrame:
+    """``nup.sweep`` without loky's notice that an idle worker timed out between two sweeps (the sweep
+    resubmits; a run that really failed raises in ``_summaries``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
+        return sweep(configs, n_jobs=n_jobs)
+
+
 def _summaries(frame: pd.DataFrame, keys: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per run (keys + final metrics) and the recorded curves of a sweep over ``keys``."""
     failed = frame.drop_duplicates("run").error.dropna()
@@ -279,8 +290,8 @@ def _summaries(frame: pd.DataFrame, keys: list[dict]) -> tuple[pd.DataFrame, pd.
 
 
 def _tune(p, anchors: dict, half_width: int, desc: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every seed on a sqrt(2) grid around each ``anchors[(family, depth)]``, widened while the optimum sits at an
-    edge.  Returns the runs and their curves."""
+    """Every seed on a sqrt(2) grid around each ``anchors[(family, depth)]`` (a log2 rate), widened while the
+    optimum sits at an edge.  Returns the runs and their curves."""
     grids = {key: list(range(-half_width, half_width + 1)) for key in anchors}
     runs, curves = [], []
     done = set()
@@ -289,7 +300,7 @@ def _tune(p, anchors: dict, half_width: int, desc: str) -> tuple[pd.DataFrame, p
                 for (f, d), js in grids.items() for j in js for s in p.seeds if (f, d, j, s) not in done]
         if keys:
             configs = [family_config(p, k["family"], k["depth"], k["lr"], k["seed"]) for k in keys]
-            r, c = _summaries(sweep(configs, n_jobs=p.n_jobs), keys)
+            r, c = _summaries(_sweep(configs, p.n_jobs), keys)
             runs.append(r)
             curves.append(c)
             done.update((k["family"], k["depth"], k["j"], k["seed"]) for k in keys)
@@ -331,23 +342,23 @@ def choices(runs: pd.DataFrame, families, depths) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def schedule_config(p, seed: int, lr: float = 1.0, annealed: bool = False) -> RunConfig:
+    """A run of the geometric schedule (``lr`` only sets the per-layer ratios; ``annealed``: times a cosine)."""
+    options = dict(c=p.schedule_c, curvature=p.schedule_curvature, every=p.schedule_every,
+                   probe_size=p.schedule_probe, tol=SCHEDULE_TOL, max_iter=SCHEDULE_MAX_ITER)
+    if annealed:
+        options["anneal_steps"] = p.epochs * steps_per_epoch(p)
+    return family_config(p, p.schedule_family, p.schedule_depth, lr, seed, schedule="geometric",
+                         schedule_options=options, momentum=SCHEDULE_MOMENTUM)
+
+
 def _schedule_runs(p, chosen: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     f, d = p.schedule_family, p.schedule_depth
     lr = float(chosen[(chosen.family == f) & (chosen.depth == d)].lr_tuned.iloc[0])
-    options = dict(c=p.schedule_c, curvature=p.schedule_curvature, every=p.schedule_every,
-                   probe_size=p.schedule_probe, tol=SCHEDULE_TOL, max_iter=SCHEDULE_MAX_ITER)
-    keys = [dict(stage="schedule", family=f, depth=d, j=0, lr=lr, seed=s) for s in p.seeds]
-    configs = [family_config(p, f, d, lr, s, schedule="geometric", schedule_options=options,
-                             momentum=SCHEDULE_MOMENTUM) for s in p.seeds]
-    return _summaries(sweep(configs, n_jobs=p.n_jobs), keys)
-
-
-def schedule_config(p, seed: int = 0) -> RunConfig:
-    """The geometric schedule's run (for timing; ``lr`` only sets the per-layer ratios)."""
-    options = dict(c=p.schedule_c, curvature=p.schedule_curvature, every=p.schedule_every,
-                   probe_size=p.schedule_probe, tol=SCHEDULE_TOL, max_iter=SCHEDULE_MAX_ITER)
-    return family_config(p, p.schedule_family, p.schedule_depth, 1.0, seed, schedule="geometric",
-                         schedule_options=options, momentum=SCHEDULE_MOMENTUM)
+    keys = [dict(stage=stage, family=f, depth=d, j=0, lr=lr, seed=s) for stage in SCHEDULE_VARIANTS.values()
+            for s in p.seeds]
+    configs = [schedule_config(p, k["seed"], lr, annealed=k["stage"] == "schedule_annealed") for k in keys]
+    return _summaries(_sweep(configs, p.n_jobs), keys)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -409,7 +420,7 @@ def costs(p, chosen: pd.DataFrame) -> pd.DataFrame:
     items = [(f, d) for f in p.families for d in p.depths] + [("geometric schedule", p.schedule_depth)]
     for f, d in progress(items, desc="timing"):
         if f == "geometric schedule":
-            config, params = schedule_config(p), parameter_count(p, p.schedule_family, d)
+            config, params = schedule_config(p, 0), parameter_count(p, p.schedule_family, d)
         else:
             lr = float(chosen[(chosen.family == f) & (chosen.depth == d)].lr_tuned.iloc[0])
             config, params = family_config(p, f, d, lr, 0), parameter_count(p, f, d)
@@ -429,11 +440,11 @@ def run(p) -> dict:
     time every family.  Frames: ``runs`` (one row per run), ``curves`` (mini-batch loss, rate and the
     schedule's eta and lambda over steps), ``choices`` (per family and depth), ``costs`` and ``schedule``."""
     shallow = p.depths[0]
-    anchors = {(f, shallow): 2.0 ** p.lr_centers[f] for f in p.families}
+    anchors = {(f, shallow): p.lr_centers[f] for f in p.families}
     runs, curves = _tune(p, anchors, p.grid_half_width, desc=f"tuning at depth {shallow}")
     best = choices(runs, p.families, (shallow,))
-    tuned = dict(zip(best.family, best.lr_tuned))
-    anchors = {(f, d): tuned[f] * depth_factor(f, d, shallow) for f in p.families for d in p.depths[1:]}
+    tuned = {f: p.lr_centers[f] + j / 2 for f, j in zip(best.family, best.tuned_step)}  # log2 of the tuned rates
+    anchors = {(f, d): tuned[f] + math.log2(depth_factor(f, d, shallow)) for f in p.families for d in p.depths[1:]}
     deep_runs, deep_curves = _tune(p, anchors, p.deep_half_width, desc="transfer and re-tuning at depth")
     runs = pd.concat([runs, deep_runs], ignore_index=True)
     curves = [curves, deep_curves]
@@ -446,11 +457,13 @@ def run(p) -> dict:
 
 
 def schedule_table(runs: pd.DataFrame, curves: pd.DataFrame, chosen: pd.DataFrame, p) -> pd.DataFrame:
-    """Per seed: test accuracy and loss spikes of the geometric schedule and of the tuned warmup+cosine."""
+    """Per seed: test accuracy and loss spikes of both variants of the geometric schedule and of the tuned
+    warmup+cosine."""
     f, d = p.schedule_family, p.schedule_depth
     tuned_j = int(chosen[(chosen.family == f) & (chosen.depth == d)].tuned_step.iloc[0])
     rows = []
-    for method, stage, j in (("geometric", "schedule", 0), ("warmup_cosine", "transfer", tuned_j)):
+    for method, stage, j in (*((m, stage, 0) for m, stage in SCHEDULE_VARIANTS.items()),
+                             ("warmup_cosine", "transfer", tuned_j)):
         sel = runs[(runs.stage == stage) & (runs.family == f) & (runs.depth == d) & (runs.j == j)]
         for r in sel.itertuples():
             loss = curves[(curves.stage == stage) & (curves.family == f) & (curves.depth == d) & (curves.j == j)
@@ -535,9 +548,12 @@ def claims(frames: dict, p) -> list[Verdict]:
     verdicts.append(compare(f"νP's time per epoch at the deepest depth is within {MAX_TIME_RATIO:g}x of the residual "
                             "network's", ratio.value, ratio.interval, "<=", MAX_TIME_RATIO))
     sched = frames["schedule"].pivot_table(index="seed", columns="method", values="test_accuracy")
-    paired = sched[["geometric", "warmup_cosine"]].to_numpy()
-    gain = bootstrap(paired, lambda a: float(a[:, 0].mean() - a[:, 1].mean()), **boot)
-    verdicts.append(_gated(compare("the geometric schedule (mini-batches, curvature on a probe batch) beats a tuned "
-                                   f"warmup+cosine in test accuracy by at least {MIN_SCHEDULE_GAIN * 100:g} point",
-                                   gain.value, gain.interval, ">=", MIN_SCHEDULE_GAIN), trained.holds))
+    names = {"geometric": "the geometric schedule (mini-batches, curvature on a probe batch)",
+             "geometric_annealed": "the geometric schedule annealed by a cosine (the mini-batch option)"}
+    for method, name in names.items():
+        paired = sched[[method, "warmup_cosine"]].to_numpy()
+        gain = bootstrap(paired, lambda a: float(a[:, 0].mean() - a[:, 1].mean()), **boot)
+        verdicts.append(_gated(compare(f"{name} beats a tuned warmup+cosine in test accuracy by at least "
+                                       f"{MIN_SCHEDULE_GAIN * 100:g} point", gain.value, gain.interval, ">=",
+                                       MIN_SCHEDULE_GAIN), trained.holds))
     return verdicts
