@@ -71,6 +71,20 @@ def hidden_widths(profile: str, width: int, depth: int) -> list[int]:
     return [k**power * width for k in range(1, depth)]
 
 
+def init_layers(module: nn.Module, widths: Sequence[int], activation: str | Activation, multipliers: Sequence[float],
+                dtype: torch.dtype, device) -> None:
+    """Set ``widths``, ``activation``, ``multipliers`` and the bias-free ``layers`` of an MLP-like module
+    (``MLP`` and ``nup.core.residual.ResidualMLP`` share this)."""
+    if len(multipliers) != len(widths) - 1:
+        raise ValueError(f"multipliers has {len(multipliers)} entries; it needs one per layer ({len(widths) - 1})")
+    module.widths = tuple(widths)
+    module.activation = get_activation(activation)
+    module.multipliers = tuple(float(c) for c in multipliers)
+    module.layers = nn.ModuleList(
+        nn.Linear(m_in, m_out, bias=False, dtype=dtype, device=device) for m_in, m_out in zip(widths[:-1], widths[1:])
+    )
+
+
 class MLP(nn.Module):
     """Bias-free MLP ``widths[0] -> widths[1] -> ... -> widths[-1]``.
 
@@ -86,14 +100,7 @@ class MLP(nn.Module):
         widths = [check_int(f"widths[{i}]", w, minimum=1) for i, w in enumerate(widths)]
         if len(widths) < 2:
             raise ValueError(f"widths={widths!r} is too short; give at least [input size, output size]")
-        if len(multipliers) != len(widths) - 1:
-            raise ValueError(f"multipliers has {len(multipliers)} entries; it needs one per layer ({len(widths) - 1})")
-        self.widths = tuple(widths)
-        self.activation = get_activation(activation)
-        self.multipliers = tuple(float(c) for c in multipliers)
-        self.layers = nn.ModuleList(
-            nn.Linear(m_in, m_out, bias=False, dtype=dtype, device=device) for m_in, m_out in zip(widths[:-1], widths[1:])
-        )
+        init_layers(self, widths, activation, multipliers, dtype, device)
 
     @property
     def depth(self) -> int:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nup.core.activations import Activation, get_activation
+from nup.core.activations import Activation
+from nup.core.mlp import init_layers
 from nup.validation import check_int
 
 __all__ = ["ResidualMLP", "expected_stream_norms"]
@@ -47,14 +48,7 @@ class ResidualMLP(nn.Module):
             raise ValueError(f"widths={widths!r} is too short; a residual MLP needs at least [input, hidden, output]")
         if len(set(widths[1:-1])) != 1:
             raise ValueError(f"widths={widths!r} is not allowed; the hidden widths of a residual MLP must be equal")
-        if len(multipliers) != len(widths) - 1:
-            raise ValueError(f"multipliers has {len(multipliers)} entries; it needs one per layer ({len(widths) - 1})")
-        self.widths = tuple(widths)
-        self.activation = get_activation(activation)
-        self.multipliers = tuple(float(c) for c in multipliers)
-        self.layers = nn.ModuleList(
-            nn.Linear(m_in, m_out, bias=False, dtype=dtype, device=device) for m_in, m_out in zip(widths[:-1], widths[1:])
-        )
+        init_layers(self, widths, activation, multipliers, dtype, device)
 
     @property
     def depth(self) -> int:

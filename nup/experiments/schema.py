@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from nup.validation import _range
+
 __all__ = ["Schema", "Params", "Param", "Int", "Float", "Bool", "Choice", "List", "Dict"]
 
 
@@ -40,23 +42,13 @@ class Param:
         raise NotImplementedError
 
 
-def _bounds(minimum, maximum) -> str:
-    if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
-    if minimum is not None:
-        return f" >= {minimum}"
-    if maximum is not None:
-        return f" <= {maximum}"
-    return ""
-
-
 @dataclass(frozen=True)
 class Int(Param):
     minimum: int | None = None
     maximum: int | None = None
 
     def describe(self) -> str:
-        return "an integer" + _bounds(self.minimum, self.maximum)
+        return "an integer" + _range(self.minimum, self.maximum)
 
     def check(self, name, value):
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -74,7 +66,7 @@ class Float(Param):
     positive: bool = False
 
     def describe(self) -> str:
-        return ("a number > 0" if self.positive else "a finite number") + _bounds(self.minimum, self.maximum)
+        return ("a number > 0" if self.positive else "a finite number") + _range(self.minimum, self.maximum)
 
     def check(self, name, value):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
