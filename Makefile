@@ -10,12 +10,12 @@ HEADLESS := TQDM_DISABLE=1 MPLBACKEND=Agg
 .PHONY: all venv data figures test unit expected bench lab clean clean-all
 all: figures
 
+# The venv's kernels log only errors (ipython_kernel_config.py): no warning about kernels talking TCP on localhost.
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
-	# Kernels log only errors: no "running over TCP without encryption" warning (kernels run on localhost).
 	mkdir -p $(VENV)/etc/ipython && echo 'c.IPKernelApp.log_level = "ERROR"' > $(VENV)/etc/ipython/ipython_kernel_config.py
 	touch $@
 
