@@ -267,15 +267,22 @@ def test_summary_table():
 
 # ---------------------------------------------------------------------------- timing
 
-def test_time_steps_measures_every_repeat(tmp_path, monkeypatch):
+def test_timing_round_robin_measures_every_config_in_every_round(tmp_path, monkeypatch):
     monkeypatch.setenv("NUP_RESULTS_DIR", str(tmp_path))
     p = params(n_train=200, n_val=100, n_test=100, batch_size=50)
-    config = ex.family_config(p, "residual", 3, 1.0, 0, device="cpu")
-    timing = ex.time_per_step(config, 3, 2)
-    assert len(timing["cpu"]) == len(timing["wall"]) == 2 and timing["device"] == "cpu"
-    assert all(t > 0 for t in timing["cpu"] + timing["wall"])
-    assert ex.time_per_step(config, 3, 2) == timing  # cached
+    configs = [ex.family_config(p, "residual", 3, 1.0, 0, device="cpu"), ex.schedule_config(p, 0).replace(device="cpu")]
+    timings = ex.time_per_step(configs, 3, 2)
+    assert len(timings) == 2
+    for timing in timings:
+        assert len(timing["cpu"]) == len(timing["wall"]) == 2 and timing["device"] == "cpu"
+        assert all(t > 0 for t in timing["cpu"] + timing["wall"])
+    assert ex.time_per_step(configs, 3, 2) == timings  # cached
     assert (tmp_path / "timings").is_dir()
+
+
+def test_time_ratio_is_the_ratio_of_best_rounds():
+    times = np.array([[4.0, 1.0], [3.0, 1.5], [5.0, 1.2]])
+    assert ex.time_ratio(times) == 3.0
 
 
 def test_schedule_configs():

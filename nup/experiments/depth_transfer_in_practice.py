@@ -27,12 +27,14 @@ depth, its curvature (the loss Hessian's top eigenvalue by default) measured on 
 that depth; loss spikes are counted on the smoothed mini-batch loss.
 
 Time per epoch: ``timing_steps`` training steps (forward, loss, backward, divergence check, optimizer and
-schedule step, as in ``nup.training.loop.train``) timed ``timing_repeats`` times in this process under the
-runs' single torch thread, scaled to an epoch.  On a CPU the thread's CPU time is used (what a quiet machine's
-wall clock would show; the shared machines this runs on inflate wall time), on CUDA the synchronized wall
-time.  Timings are cached like runs (``results/timings``), so a re-run of the notebook prints the same numbers.
+schedule step, as in ``nup.training.loop.train``) of every family and depth in turn, ``TIMING_REPEATS`` rounds
+(round robin, so that a change in the machine's load hits all alike), in this process under the runs' single
+torch thread, scaled to an epoch; the best round counts.  On a CPU the thread's CPU time is used (what a quiet
+machine's wall clock would show; the shared machines this runs on inflate wall time), on CUDA the synchronized
+wall time.  Timings are cached like runs (``results/timings``), so a re-run of the notebook prints the same
+numbers; a fresh measurement on another machine, or under another load, gives other numbers.
 
-Verdicts (``claims``) are decided by 95% bootstrap intervals over seeds (timing: over repeats), thresholds
+Verdicts (``claims``) are decided by 95% bootstrap intervals over seeds (timing: over rounds), thresholds
 fixed before the runs (the constants below).  If the best family stays below ``TRAINED_ACCURACY`` the setup
 is undertrained, and the verdicts that compare accuracies are printed *undecided* rather than decided in a
 regime where nothing has learned.
@@ -49,7 +51,7 @@ import pandas as pd
 import torch
 
 from nup.analysis.catapult import count_spikes
-from nup.analysis.fits import Estimate, bootstrap, mean_bootstrap, ratio_bootstrap
+from nup.analysis.fits import Estimate, bootstrap, mean_bootstrap
 from nup.analysis.frames import per_run
 from nup.analysis.verdicts import Verdict, compare
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
@@ -73,7 +75,7 @@ WIDEN_BY = 2             # grid points added beyond an edge that holds the optim
 SCHEDULE_TOL = 1e-2      # relative tolerance of the schedule's eigen-solver (warm-started Lanczos)
 SCHEDULE_MAX_ITER = 50
 TIMING_WARMUP = 3        # untimed steps before each family's timing
-TIMING_REPEATS = 5       # timed blocks of timing_steps steps per family and depth
+TIMING_REPEATS = 5       # round-robin rounds of timing_steps steps of every family and depth (best of 5)
 DATA_SEED = 0            # the draw of training and validation images
 SCHEDULE_MOMENTUM = 0.0  # the schedule sets the step GD takes (with momentum 0.9 it diverged in a pilot)
 SPIKE_RISE = 0.25        # a loss spike: the smoothed mini-batch loss rises 25% above its running minimum
@@ -254,6 +256,11 @@ def gap_statistic(samples: dict, family: str = "nup") -> float:
     return max(means.values()) - means[family]
 
 
+def time_ratio(times: np.ndarray) -> float:
+    """``times``: ``(rounds, 2)`` seconds of two configs timed round robin; the ratio of their best times."""
+    return float(times[:, 0].min() / times[:, 1].min())
+
+
 def smoothed(values, window: int) -> np.ndarray:
     """Trailing moving average over ``window`` values (shorter at the start)."""
     return pd.Series(np.asarray(values, dtype=float)).rolling(window, min_periods=1).mean().to_numpy()
@@ -363,71 +370,83 @@ def _schedule_runs(p, chosen: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 # ---------------------------------------------------------------------------- timing
 
-def _time_steps(config: dict, steps: int, repeats: int, version: str) -> dict:
-    """Seconds per training step (``repeats`` blocks of ``steps``), thread CPU time and wall time; ``version``
-    (``nup.__version__``) is part of the cache key."""
-    config = RunConfig(**config)
-    with torch_threads():
+class _Stepper:
+    """One training step of ``config`` as ``nup.training.loop.train`` takes it (forward, loss, backward,
+    divergence check, optimizer and schedule step), on random mini-batches; model and optimizer built once."""
+
+    def __init__(self, config: RunConfig):
         torch.manual_seed(config.seed)
-        model, x, y, _, _ = build_model_and_data(config)
-        optimizer = build_optimizer(config, model)
-        ctx = TrainContext(config, model, optimizer, x, y, LOSS_FUNCTIONS[config.loss])
-        scheduler = SCHEDULES[config.schedule](ctx)
-        params = [q for q in model.parameters() if q.requires_grad]
-        generator = torch.Generator().manual_seed(config.seed)
-        cuda = x.device.type == "cuda"
+        self.config = config
+        self.model, self.x, self.y, _, _ = build_model_and_data(config)
+        self.optimizer = build_optimizer(config, self.model)
+        self.ctx = TrainContext(config, self.model, self.optimizer, self.x, self.y, LOSS_FUNCTIONS[config.loss])
+        self.scheduler = SCHEDULES[config.schedule](self.ctx)
+        self.params = [q for q in self.model.parameters() if q.requires_grad]
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.cuda = self.x.device.type == "cuda"
 
-        def step():
-            idx = torch.randint(0, len(x), (config.batch_size,), generator=generator).to(x.device)
-            out, _ = model(x[idx], return_preactivations=True)
-            loss = ctx.loss_fn(out, y[idx])
+    def __call__(self, steps: int) -> tuple[float, float]:
+        """Run ``steps`` steps; ``(thread CPU seconds, wall seconds)`` per step."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for _ in range(steps):
+            idx = torch.randint(0, len(self.x), (self.config.batch_size,), generator=self.generator)
+            idx = idx.to(self.x.device)
+            out, _ = self.model(self.x[idx], return_preactivations=True)
+            loss = self.ctx.loss_fn(out, self.y[idx])
             loss.item()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            gradients_finite(params)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-
-        for _ in range(TIMING_WARMUP):
-            step()
-        cpu, wall = [], []
-        for _ in range(repeats):
-            if cuda:
-                torch.cuda.synchronize()
-            c0, w0 = time.thread_time(), time.perf_counter()
-            for _ in range(steps):
-                step()
-            if cuda:
-                torch.cuda.synchronize()
-            cpu.append((time.thread_time() - c0) / steps)
-            wall.append((time.perf_counter() - w0) / steps)
-    return dict(cpu=cpu, wall=wall, device=x.device.type)
+            gradients_finite(self.params)
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return (time.thread_time() - c0) / steps, (time.perf_counter() - w0) / steps
 
 
-def time_per_step(config: RunConfig, steps: int, repeats: int) -> dict:
-    """``_time_steps``, cached under ``results/timings`` (keyed like a run, with ``device`` resolved)."""
+def _time_round_robin(configs: list[dict], steps: int, repeats: int, version: str) -> list[dict]:
+    """Seconds per step of every config, in ``repeats`` rounds that each time ``steps`` steps of every config
+    in turn (round robin: a change in the machine's load hits every config alike).  ``version``
+    (``nup.__version__``) is part of the cache key."""
+    with torch_threads():
+        steppers = [_Stepper(RunConfig(**c)) for c in configs]
+        for stepper in steppers:
+            stepper(TIMING_WARMUP)
+        times = [[stepper(steps) for stepper in steppers] for _ in range(repeats)]
+    return [dict(cpu=[t[i][0] for t in times], wall=[t[i][1] for t in times], device=s.x.device.type)
+            for i, s in enumerate(steppers)]
+
+
+def time_per_step(configs: list[RunConfig], steps: int, repeats: int) -> list[dict]:
+    """``_time_round_robin`` of ``configs``, cached under ``results/timings`` (each config keyed like a run, with
+    ``device`` resolved): ``{"cpu": [...], "wall": [...], "device": ...}`` per config, one entry per round."""
     from joblib import Memory
 
-    values, version = nup_cache._key(config)
+    keys = [nup_cache._key(config) for config in configs]
     memory = Memory(location=str(nup_cache.results_dir() / "timings"), verbose=0)
-    return memory.cache(_time_steps)(values, steps, repeats, version)
+    return memory.cache(_time_round_robin)([k[0] for k in keys], steps, repeats, keys[0][1])
 
 
 def costs(p, chosen: pd.DataFrame) -> pd.DataFrame:
-    """Per family, depth and timing repeat: parameters and seconds per epoch (at the tuned rate)."""
-    rows = []
+    """Per family, depth and timing round: parameters and seconds per epoch (at the tuned rate)."""
     items = [(f, d) for f in p.families for d in p.depths] + [("geometric schedule", p.schedule_depth)]
-    for f, d in progress(items, desc="timing"):
+    configs, params = [], []
+    for f, d in items:
         if f == "geometric schedule":
-            config, params = schedule_config(p, 0), parameter_count(p, p.schedule_family, d)
+            configs.append(schedule_config(p, 0))
+            params.append(parameter_count(p, p.schedule_family, d))
         else:
             lr = float(chosen[(chosen.family == f) & (chosen.depth == d)].lr_tuned.iloc[0])
-            config, params = family_config(p, f, d, lr, 0), parameter_count(p, f, d)
-        timing = time_per_step(config, p.timing_steps, TIMING_REPEATS)
+            configs.append(family_config(p, f, d, lr, 0))
+            params.append(parameter_count(p, f, d))
+    rows = []
+    for (f, d), n, timing in zip(items, params, time_per_step(configs, p.timing_steps, TIMING_REPEATS)):
         clock = "wall" if timing["device"] == "cuda" else "cpu"
         for r, (cpu, wall) in enumerate(zip(timing["cpu"], timing["wall"])):
-            rows.append(dict(family=f, depth=d, params=params, repeat=r, clock=clock,
+            rows.append(dict(family=f, depth=d, params=n, repeat=r, clock=clock,
                              seconds_per_epoch=(wall if clock == "wall" else cpu) * steps_per_epoch(p),
                              cpu_per_epoch=cpu * steps_per_epoch(p), wall_per_epoch=wall * steps_per_epoch(p)))
     return pd.DataFrame(rows)
@@ -480,7 +499,7 @@ def summary(frames: dict) -> pd.DataFrame:
     """Per family and depth: parameters, time per epoch, both rates, test accuracy at both, and the regret."""
     cost = frames["costs"]
     cost = cost[cost.family.isin(FAMILIES)].groupby(["family", "depth"]).agg(
-        params=("params", "first"), seconds_per_epoch=("seconds_per_epoch", "median"))
+        params=("params", "first"), seconds_per_epoch=("seconds_per_epoch", "min"))
     table = frames["choices"].merge(cost.reset_index(), on=["family", "depth"])
     table["family"] = table.family.map(SHORT)
     columns = ["family", "depth", "params", "seconds_per_epoch", "lr_transferred", "lr_tuned", "at_edge",
@@ -542,9 +561,9 @@ def claims(frames: dict, p) -> list[Verdict]:
                                    f"is within {MAX_GAP * 100:g} point of the best family's", gap.value,
                                    gap.interval, "<=", MAX_GAP), trained.holds))
     cost = frames["costs"]
-    times = {f: cost[(cost.family == f) & (cost.depth == deepest)].seconds_per_epoch.to_numpy()
-             for f in ("nup", "residual")}
-    ratio = ratio_bootstrap(times["nup"], times["residual"], **boot)
+    times = np.stack([cost[(cost.family == f) & (cost.depth == deepest)].sort_values("repeat").seconds_per_epoch
+                      for f in ("nup", "residual")], axis=1)
+    ratio = bootstrap(times, time_ratio, **boot)
     verdicts.append(compare(f"νP's time per epoch at the deepest depth is within {MAX_TIME_RATIO:g}x of the residual "
                             "network's", ratio.value, ratio.interval, "<=", MAX_TIME_RATIO))
     sched = frames["schedule"].pivot_table(index="seed", columns="method", values="test_accuracy")
