@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Kept in sync with nup/data.py by tests/test_data.py (this script must not import torch).
+# Kept in sync with nup/training/data.py by tests/test_data.py (this script must not import torch).
 FILES: dict[str, tuple[int, str]] = {
     "train-images-idx3-ubyte": (47040016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
     "train-labels-idx1-ubyte": (60008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),

@@ -13,7 +13,7 @@
     784-256x8-10 on 512 samples: 1.2-1.3, 1.8, 4.3-4.9.
   - ``"autograd"`` (any model, the default there): double backward through a gradient graph built once.
   - ``"func"``: ``torch.func.jvp`` over ``torch.func.grad`` (forward-over-reverse), rebuilt per product.
-    Write MSE as a plain sum (``nup.training.loop.mse_loss``): ``F.mse_loss`` fails under ``jvp(grad)``
+    Write MSE as a plain sum (``nup.training.config.mse_loss``): ``F.mse_loss`` fails under ``jvp(grad)``
     in torch 2.13.
 
 * ``lanczos`` (``nup.linalg.lanczos``): the top-``k`` (largest algebraic) eigenpairs of a symmetric

@@ -1,7 +1,7 @@
 """Learning-rate schedules: the geometry-aware ``GeometricLR`` and a warmup-plus-cosine baseline.
 
 The abstract only says that *a geometry-aware learning-rate schedule prolongs the catapult
-phase indefinitely* (FOUND).  The rule below is OURS (``docs/definitions.md``, "Catapult and
+phase indefinitely* (stated).  The rule below is ours (``docs/definitions.md``, "Catapult and
 EOS" and "Geometry-aware schedule"): with MSE ``L = |r|^2/(2n)`` and ``K = J J^T/n`` the
 residuals follow ``r <- (I - eta K) r``, and a catapult lasts only while ``eta * lambda_t > 2``.
 So the rate is reset from the current geometry,
