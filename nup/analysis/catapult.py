@@ -17,16 +17,8 @@ the two-layer linear model, about 12 reported for ReLU networks); far above, tra
 * ``classify_phase(loss, diverged)``: ``"lazy"``, ``"catapult"`` or ``"divergent"`` (rules in its docstring).
 * ``window_edge(ratios, phases)``: the bracket of the upper edge of the catapult window.
 
-Diagnostics (``RunConfig.diagnostics``; importing ``nup.analysis.catapult`` registers them):
-
-* ``"ntk_lambda"``: ``lambda_max`` of the NTK on the **full training batch** every
-  ``diagnostic_every`` steps, matrix-free and warm-started (the ``"ntk"`` diagnostic forms the
-  probe kernel and its per-layer parts, which is far dearer on the full batch); row ``ntk_lambda``.
-* ``"ntk_motion"``: the *shape* of the probe kernel, ``K_hat = K/|K|_F``, which does not see a
-  change of scale: ``ntk_shape_change = |K_hat_t - K_hat_0|_F`` (in [0, 2]) and
-  ``ntk_shape_step = |K_hat_t - K_hat_s|_F`` since the previous diagnostic step ``s``; the running
-  sum of the steps is the kernel's path length.  (``ntk_change = |K_t - K_0|/|K_0|`` of the
-  ``"ntk"`` diagnostic saturates at 1 when the kernel shrinks, as it does under repeated catapults.)
+The catapult diagnostics ``"ntk_lambda"`` (full-batch ``lambda_max`` of the NTK) and ``"ntk_motion"``
+(the motion of the probe kernel's shape) live in ``nup.diagnostics.ntk``.
 """
 
 from __future__ import annotations
