@@ -29,11 +29,12 @@ figures: venv data
 
 # Unit tests, the committed notebooks' outputs, and each notebook re-run at the reduced size of params/
 # (papermill): its verdicts must equal tests/expected/ (refresh with `make expected` after an intended
-# change), and nbval re-executes it and compares the claim cell (same text twice).
+# change), and nbval re-executes it and compares the claim cell (same text twice).  Every kernel the tests
+# start writes its figures under build/ci/ (run cache: results/, ignored), never into the committed figures/.
 test: venv data
 	rm -rf build/ci
 	$(HEADLESS) $(PY) scripts/run_notebooks.py --size ci --out build/ci
-	$(HEADLESS) NUP_REDUCED_DIR=build/ci $(PY) -m pytest tests build/ci/*.ipynb --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(HEADLESS) NUP_REDUCED_DIR=build/ci NUP_FIGURES_DIR=build/ci/figures $(PY) -m pytest tests build/ci/*.ipynb --nbval-lax --nbval-current-env -p no:cacheprovider
 
 unit: venv
 	$(HEADLESS) $(PY) -m pytest tests

@@ -33,8 +33,15 @@ EXPECTED = ROOT / "tests" / "expected"
 RUNNING = ROOT / "build" / "running"
 
 
+# What JupyterLab writes when it saves a notebook on the venv's ipykernel: committed notebooks carry exactly
+# this, so opening and autosaving one in `make lab` changes nothing.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
 def strip_metadata(nb) -> None:
-    """Drop papermill's run metadata (timings, paths) and saved widget state (progress bars)."""
+    """Drop papermill's run metadata (timings, paths) and saved widget state (progress bars); set the
+    kernelspec JupyterLab would write."""
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:

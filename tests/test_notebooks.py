@@ -114,3 +114,30 @@ def test_reduced_run_verdicts_equal_the_expectation(path):
         diff = "\n".join(difflib.unified_diff(expected, actual, "expected", "reduced run", lineterm="", n=0))
         pytest.fail(f"{path.name}: the reduced run's verdicts differ from {expected_file.relative_to(ROOT)}:\n{diff}\n"
                     "If the change is intended, run `make expected` and commit the new expectation.")
+
+
+def _lab_kernelspec() -> dict:
+    """The kernelspec JupyterLab writes on save: the venv's ``python3`` kernel's name, display name, language."""
+    import json
+    import sys
+
+    spec = json.loads((Path(sys.prefix) / "share" / "jupyter" / "kernels" / "python3" / "kernel.json").read_text())
+    return {"display_name": spec["display_name"], "language": spec["language"], "name": "python3"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_opening_and_saving_in_jupyterlab_changes_nothing(path):
+    """Lab's autosave rewrites the kernelspec and re-serializes with nbformat: both must be no-ops."""
+    text = path.read_text()
+    nb = nbformat.reads(text, as_version=4)
+    assert dict(nb.metadata.kernelspec) == _lab_kernelspec()
+    nb.metadata.kernelspec = _lab_kernelspec()
+    assert nbformat.writes(nb) + "\n" == text, "an nbformat round trip with the lab's kernelspec changes the file"
+
+
+def test_test_kernels_write_figures_under_build():
+    """The kernels nbval starts inherit this environment: figures must go to build/, never to figures/."""
+    if not os.environ.get("NUP_REDUCED_DIR"):
+        pytest.skip("only inside `make test` (which sets NUP_REDUCED_DIR)")
+    figures = Path(os.environ.get("NUP_FIGURES_DIR", ROOT / "figures")).resolve()
+    assert (ROOT / "build").resolve() in figures.parents, f"kernels would write figures to {figures}"
