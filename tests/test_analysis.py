@@ -131,3 +131,20 @@ def test_series_and_metric():
     assert frames.config_columns(df) == ["lr"]
     with pytest.raises(ValueError, match="DataFrame"):
         frames.metric({"a": 1}, "loss")
+
+
+def test_a_verdict_prints_the_threshold_it_is_decided_with():
+    from nup.analysis.stats import Estimate
+
+    for threshold in (1.25, 2.0, 0.5):
+        inside = compare("regret below {threshold}", Estimate(1.0, threshold - 0.01, threshold - 1e-9, n=5,
+                                                             unit="paired seeds"), None, "<", threshold)
+        outside = compare("regret below {threshold}", Estimate(1.0, threshold + 1e-9, threshold + 0.1, n=5,
+                                                              unit="paired seeds"), None, "<", threshold)
+        assert (inside.holds, outside.holds) == (True, False)
+        assert inside.statement == f"regret below {threshold:g}" and inside.threshold == f"< {threshold:g}"
+        assert claim_lines([inside]) == [f"regret below {threshold:g} [n = 5 paired seeds]: True"]
+    v = within("slope within {target} +- {tolerance}", Estimate(0.1, -0.2, 0.24, n=6, unit="seeds"), None, 0.0, 0.25)
+    assert v.holds is True and v.statement == "slope within 0 +- 0.25" and v.n == 6
+    with pytest.raises(ValueError, match="interval must be None"):
+        compare("x", Estimate(1.0, 0.0, 2.0), (0.0, 2.0), "<", 3.0)

@@ -94,7 +94,7 @@ def test_bootstrap_interval():
 def test_depth_slope(true_slope):
     depths = [4, 8, 12, 16]
     tables = {d: (GRID, parabolic(GRID, -0.5 + true_slope * math.log2(d / 4))) for d in depths}
-    slope = depth_slope(tables, n_boot=100)
+    slope = depth_slope(tables)
     assert slope.value == pytest.approx(true_slope, abs=1e-9)
     assert slope.interval == pytest.approx((true_slope, true_slope), abs=1e-9)
 
@@ -102,11 +102,40 @@ def test_depth_slope(true_slope):
 def test_depth_slope_interval_widens_with_seed_noise_and_nan_when_a_depth_fails():
     rng = np.random.default_rng(5)
     tables = {d: (GRID, parabolic(GRID, -0.5, curvature=0.2, seeds=4, noise=0.6, rng=rng)) for d in (4, 8, 12)}
-    slope = depth_slope(tables, n_boot=300)
+    slope = depth_slope(tables)
     assert slope.value == pytest.approx(0.0, abs=1e-9)
     assert slope.low < 0 < slope.high and slope.high - slope.low > 0.1
     tables[12] = (GRID, np.full((4, len(GRID)), np.nan))
-    assert math.isnan(depth_slope(tables, n_boot=50).value)
+    assert math.isnan(depth_slope(tables).value)
+
+
+def test_depth_slope_leaves_a_seed_out_at_every_depth_at_once():
+    """Each seed prefers its own rate c_s at every depth (a per-seed offset shared across depths): every
+    subset of seeds has the same best rate at each depth, so the paired interval has zero width.  Resampling
+    each depth's seeds (or runs) independently would mix different seeds' optima into a spurious slope."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(-0.5, 0.6, 6)
+    seeds = np.vstack([parabolic(GRID, c)[0] for c in centres])
+    slope = depth_slope({d: (GRID, seeds) for d in (4, 8, 12)})
+    assert slope.n == 6 and slope.unit == "seeds"
+    assert slope.value == pytest.approx(0.0, abs=1e-12)
+    assert slope.interval == pytest.approx((0.0, 0.0), abs=1e-12)
+
+
+def test_transfer_regret_is_paired_by_seed():
+    from nup.analysis.best_lr import transfer_regret
+
+    table = parabolic(GRID, -1.0, curvature=0.4, seeds=5, noise=0.05, rng=np.random.default_rng(2))
+    at_best = transfer_regret(GRID, table, -1.0)
+    assert at_best.value == pytest.approx(1.0) and at_best.n == 5 and at_best.unit == "paired seeds"
+    off = transfer_regret(GRID, table, 0.0)  # one log2 unit away: log-loss up by 0.4
+    assert off.value == pytest.approx(math.exp(0.4), rel=0.05) and off.low > 1.25
+    # Per-seed factors multiplying a seed's whole row leave the regret and its interval unchanged.
+    factors = np.exp(np.random.default_rng(4).normal(0, 2.0, (5, 1)))
+    shifted = transfer_regret(GRID, table * factors, 0.0)
+    assert shifted.interval == pytest.approx(off.interval)
+    with pytest.raises(ValueError, match="transferred=0.25"):
+        transfer_regret(GRID, table, 0.25)
 
 
 def test_loss_table_from_a_frame():
@@ -129,6 +158,7 @@ def test_grid_around():
     (lambda: best_log2_lr([0, 1, 2], np.ones((2, 2))), "losses"),
     (lambda: best_log2_lr([0, 1, 2], -np.ones((2, 3))), "losses"),
     (lambda: depth_slope({4: ([0, 1], np.ones((2, 2)))}), "two depths"),
+    (lambda: depth_slope({4: ([0, 1], np.ones((2, 2))), 8: ([0, 1], np.ones((3, 2)))}), "same seeds"),
     (lambda: widen([0, 1], "middle"), "edge"),
     (lambda: grid_around(0.0, -1), "half_points"),
     (lambda: best_lr_bootstrap([0, 1, 2], np.ones((3, 3)), n_boot=1), "n_boot"),

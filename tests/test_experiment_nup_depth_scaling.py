@@ -12,7 +12,7 @@ import pytest
 from nup.experiments import nup_depth_scaling as E
 
 KEYS = E.FAMILY_KEYS
-DEFAULTS = dict(depths=[4, 8, 12], base_width=16, const_width=16, steps=100, n_train=64, seeds=[0, 1, 2],
+DEFAULTS = dict(depths=[4, 8, 12], base_width=16, const_width=64, steps=100, n_train=64, seeds=[0, 1, 2, 3, 4],
                 activation="relu", lr_centers={k: 0.0 for k in KEYS}, first_half_points=3, half_points=2,
                 max_widen=3, coord_steps=3, n_boot=200, n_jobs=1)
 
@@ -21,7 +21,7 @@ def params(**changes):
     return E.SCHEMA.validate({**DEFAULTS, **changes})
 
 
-def synthetic_runs(slopes=None, exponents=None, seeds=(0, 1, 2), depths=(4, 8, 12), base_losses=None,
+def synthetic_runs(slopes=None, exponents=None, seeds=(0, 1, 2, 3, 4), depths=(4, 8, 12), base_losses=None,
                    noise=0.0, diverge=()):
     """One row per (family, depth, rate, seed) on a grid of +-2 around each depth's best rate: log-loss a
     parabola with its vertex at ``slope * log2(depth/4)`` (seed offsets with zero mean), hidden change
@@ -61,10 +61,12 @@ def test_matched_width_and_parameter_counts():
     assert abs(matched.n_params.item() - nup12) <= 10 * 2 * w + 794  # the closest integer width
     assert E.matched_width(10 * 100**2 + 794 * 100, 12) == 100
     const = counts[(counts.family == "ntk") & (counts.depth == 8)].n_params.item()
-    assert const == 784 * 16 + 6 * 16 * 16 + 16 * 10
+    assert const == 784 * 64 + 6 * 64 * 64 + 64 * 10
     # Same count for the residual network (a constant-width MLP's parameters) and SP.
     assert set(counts[(counts.depth == 8) & counts.family.isin(["ntk", "residual_gd", "sp_he"])].n_params) == {const}
-    assert (counts.groupby("family").first_hidden.first().drop("matched_per_layer") == 16).all()
+    first = counts.groupby("family").first_hidden.first().drop("matched_per_layer")
+    assert (first[["nup_per_layer", "nup_global", "k2_gd"]] == 16).all()  # νP's own first layer, m
+    assert (first.drop(["nup_per_layer", "nup_global", "k2_gd"]) == 64).all()  # every rival at a width where it trains
 
 
 def test_configs_follow_each_family_rule():
@@ -94,7 +96,7 @@ def test_grids():
 def test_table_keeps_the_grid_only():
     runs = synthetic_runs(slopes={"ntk": -1.0})
     x, losses = E.table(runs, "ntk", 12)
-    assert list(x) == E.grid_around(-math.log2(3), 2) and losses.shape == (3, 5)
+    assert list(x) == E.grid_around(-math.log2(3), 2) and losses.shape == (5, 5)
     assert not np.isin(0.0, x)  # the transferred rate was run outside this grid
 
 
@@ -108,14 +110,14 @@ def test_best_lrs_and_slopes_recover_the_truth():
     assert row.log2_best_lr.item() == pytest.approx(-1.0, abs=1e-9)
     assert row.edge.item() is None and row.best_loss.item() == pytest.approx(0.05, rel=0.1)
     for key, slope in slopes.items():
-        assert E.slope_estimate(runs, key, n_boot=100).value == pytest.approx(slope, abs=1e-9)
+        assert E.slope_estimate(runs, key).value == pytest.approx(slope, abs=1e-9)
 
 
 def test_preact_exponent():
     runs = synthetic_runs(exponents={"ntk": 0.5, "nup_per_layer": 0.0})
-    e = E.preact_exponent(E.transferred_changes(runs, "ntk"), n_boot=100)
-    assert e.value == pytest.approx(0.5) and e.interval == pytest.approx((0.5, 0.5))
-    assert E.preact_exponent(E.transferred_changes(runs, "nup_per_layer"), n_boot=100).value == pytest.approx(0.0)
+    e = E.preact_exponent(E.transferred_changes(runs, "ntk"))
+    assert e.value == pytest.approx(0.5) and e.interval == pytest.approx((0.5, 0.5)) and e.n == 5
+    assert E.preact_exponent(E.transferred_changes(runs, "nup_per_layer")).value == pytest.approx(0.0)
     diverged = synthetic_runs(diverge={("ntk", 12)})
     changes = E.transferred_changes(diverged, "ntk")
     assert np.isinf(changes[12]).all()
@@ -126,36 +128,77 @@ def test_preact_exponent():
 
 def test_loss_ratios():
     runs = synthetic_runs(base_losses={"nup_per_layer": 0.02, "ntk": 0.2})
-    ratios = E.loss_ratios(runs, 12, n_boot=100)
+    ratios = E.loss_ratios(runs, 12)
     assert ratios["nup_per_layer"].value == pytest.approx(1.0)
     assert ratios["ntk"].value == pytest.approx(10.0)
     assert ratios["const_per_layer"].value == pytest.approx(2.5)
 
 
+def test_regrets_recover_the_truth():
+    runs = synthetic_runs(slopes={"ntk": -1.0}, noise=0.05)
+    transferred = pd.Series({k: 0.0 for k in KEYS})
+    reg = E.regrets(runs, transferred).set_index(["family", "depth"])
+    assert reg.loc[("ntk", 8)].regret == pytest.approx(math.exp(0.7), rel=0.05)  # one log2 unit off: 0.7 in log
+    assert reg.loc[("nup_per_layer", 12)].regret == pytest.approx(1.0, abs=0.05)
+    assert set(reg.n) == {5}
+
+
 def test_claims_on_synthetic_runs():
-    slopes = {"ntk": -1.0, "const_per_layer": -0.6, "sp_he": -1.5}  # SP's transferred rate is off its deep grid
+    slopes = {"ntk": -1.0, "const_per_layer": -0.8, "sp_he": -1.5}  # SP's transferred rate is off its deep grid
     exponents = {"k2_gd": 0.6}
-    runs = synthetic_runs(slopes=slopes, exponents=exponents, noise=0.1, base_losses={"nup_per_layer": 0.02},
-                          diverge={("sp_he", 12)})
-    verdicts = E.claims({"runs": runs}, params())
-    assert len(verdicts) == 3 * len(KEYS)
+    runs = synthetic_runs(slopes=slopes, exponents=exponents, noise=0.05, diverge={("sp_he", 12)},
+                          base_losses={**{k: 0.03 for k in KEYS}, "nup_per_layer": 0.02, "residual_gd": 0.2})
+    verdicts = E.claims({"runs": runs, "transferred": pd.Series({k: 0.0 for k in KEYS})}, params())
+    assert len(verdicts) == (1 + 2 + 1 + 1) * len(KEYS)
     by = {v.statement: v for v in verdicts}
     for key, f in E.FAMILIES.items():
-        slope = next(v for s, v in by.items() if s.startswith(f"{f.label} keeps"))
-        assert slope.holds is (key not in slopes)
-        pre = next(v for s, v in by.items() if s.startswith(f"{f.label} at the rate transferred"))
-        assert pre.holds is (key not in exponents and key != "sp_he")
+        trains = next(v for s, v in by.items() if s.startswith(f"{f.label} trains at the shallowest"))
+        assert trains.holds is (key != "residual_gd") and trains.n == 5
+        for depth in (8, 12):
+            regret = next(v for s, v in by.items() if s.startswith(f"{f.label}, the rate tuned") and f"depth {depth} "
+                          in s)
+            if key == "residual_gd":
+                assert regret.holds is None and "not comparable" in regret.statement
+            else:
+                assert regret.holds is (key not in slopes), (key, depth, regret)
+        pre = next(v for s, v in by.items() if s.startswith(f"{f.label} at the transferred rate"))
+        assert pre.holds is (None if key == "residual_gd" else key not in exponents and key != "sp_he")
         loss = next(v for s, v in by.items() if s.startswith(f"{f.label} at the deepest depth"))
-        assert loss.holds is (key == "nup_per_layer")  # everyone else is 2.5 times worse
-    # Statements are scale-free: no number but the fixed thresholds (and the k^2 of a family's name).
+        assert loss.holds is (key != "residual_gd")  # 10x worse than the best; the others 1.5x
+    # Statements are scale-free: no number but the fixed thresholds, the depths and the k^2 of a family's name.
     for v in verdicts:
-        assert not re.search(r"\d", re.sub(r"0 \+- 0\.25|factor 2|k\^2", "", v.statement)), v.statement
+        assert not re.search(r"\d", re.sub(r"0 \+- 0\.25|factor 2|below 1\.25|depth (8|12)|k\^2", "", v.statement)), \
+            v.statement
 
 
-def test_undecided_when_the_interval_straddles():
-    runs = synthetic_runs(slopes={"ntk": 0.2}, noise=1.5, seeds=(0, 1, 2))
-    v = next(v for v in E.claims({"runs": runs}, params()) if v.statement.startswith("NTK, fixed lr keeps"))
-    assert v.low < 0.25 < v.high and v.holds is None
+@pytest.mark.parametrize("make, threshold", [
+    (lambda e: E.trains_verdict("f", e), E.TRAINS_FACTOR),
+    (lambda e: E.regret_verdict("f", 8, e, True), E.REGRET_THRESHOLD),
+    (lambda e: E.deep_loss_verdict("f", e), E.LOSS_FACTOR),
+])
+def test_each_verdict_prints_the_threshold_it_decides_with(make, threshold):
+    from nup.analysis.stats import Estimate
+
+    inside, outside = make(Estimate(1.0, 0.9, threshold * 0.999, n=5)), make(Estimate(3.0, threshold * 1.001, 9.0, n=5))
+    assert (inside.holds, outside.holds) == (True, False)
+    printed = [float(x) for x in re.findall(r"(?:factor|below) ([\d.]+)", inside.statement)]
+    assert printed == [threshold], inside.statement
+
+
+def test_preact_verdict_prints_its_tolerance():
+    from nup.analysis.stats import Estimate
+
+    t = E.PREACT_TOLERANCE
+    inside = E.preact_verdict("f", Estimate(0.0, -t * 0.99, t * 0.99, n=5), True)
+    outside = E.preact_verdict("f", Estimate(1.0, t * 1.01, 2.0, n=5), True)
+    assert (inside.holds, outside.holds) == (True, False)
+    assert f"within 0 +- {t:g}" in inside.statement
+
+
+def test_slope_is_reported_with_whole_seeds_left_out():
+    runs = synthetic_runs(slopes={"ntk": 0.2}, noise=1.5)
+    s = E.slope_estimate(runs, "ntk")
+    assert s.n == 5 and s.unit == "seeds" and s.low < s.value < s.high
 
 
 def test_summarize_a_real_sweep_with_a_diverged_run():
@@ -175,8 +218,8 @@ def test_summarize_a_real_sweep_with_a_diverged_run():
 
 @pytest.mark.parametrize("changes,name", [
     (dict(const_width=32), "const_width"),
-    (dict(base_width=8, const_width=8), "base_width"),
-    (dict(seeds=[0, 1]), "seeds"),
+    (dict(base_width=8), "base_width"),
+    (dict(seeds=[0, 1, 2, 3]), "seeds"),
     (dict(depths=[8, 4]), "depths"),
     (dict(depths=[2, 4]), "depths"),
     (dict(depths=[4]), "depths"),

