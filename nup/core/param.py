@@ -99,11 +99,14 @@ class Parameterization:
         return model
 
     def param_groups(self, model: MLP, lr: float) -> list[dict]:
-        """One group per layer, ``{"params": [W_k], "lr": lr * lr_mult_k, "layer": k}``."""
+        """One group per layer, ``{"params": [W_k], "lr": lr * lr_mult_k, "layer": k, "name": "layerk",
+        "fan_in": m_{k-1}, "fan_out": m_k, "multiplier": c_k}``; the last three are what
+        ``NormalizedSGD(normalize="spectral")`` reads (other optimizers ignore them)."""
         check_positive("lr", lr)
         lr_mults = getattr(model, "lr_mults", None) or [1.0] * model.depth
-        return [{"params": [layer.weight], "lr": lr * m, "layer": k + 1, "name": f"layer{k + 1}"}
-                for k, (layer, m) in enumerate(zip(model.layers, lr_mults))]
+        return [{"params": [layer.weight], "lr": lr * m, "layer": k + 1, "name": f"layer{k + 1}",
+                 "fan_in": layer.weight.shape[1], "fan_out": layer.weight.shape[0], "multiplier": c}
+                for k, (layer, m, c) in enumerate(zip(model.layers, lr_mults, model.multipliers))]
 
     def optimizer(self, model: MLP, lr: float, momentum: float = 0.0, normalize: str | None = None) -> NormalizedSGD:
         """``NormalizedSGD`` over ``param_groups`` with this parameterization's update mode."""
@@ -167,8 +170,8 @@ class NuP(Parameterization):
     """νP: EOC init + NTK multipliers + quadratic widths ``k^2 m`` + a normalized update.
 
     The abstract names the normalized update but does not define it; ``normalize`` selects
-    our reading (``"per_layer"``, ``"global"`` or ``"none"``).  The default follows the
-    evidence of notebook 03 (see the README).
+    our reading (``"per_layer"``, ``"global"``, ``"none"`` or the width-aware ``"spectral"``,
+    see ``nup.core.optim``).  The default follows the evidence of notebook 03 (see the README).
     """
 
     width_profile: str = "quadratic"
