@@ -33,7 +33,8 @@ where the grid does not hold it (``in_grid = False``: not part of the fit).
 Verdicts (thresholds fixed before the runs, below; 95% jackknife-t intervals over seeds,
 ``nup.analysis.stats``, each line printing its n): per family (1) *it trains*: its best loss at the
 shallowest depth is within ``TRAINS_FACTOR`` of the best family's (geometric mean over paired seeds); a
-family that does not is reported as not comparable, and its transfer verdicts are left undecided;
+family whose ratio is decided above it is reported as not comparable, and its transfer verdicts are left
+undecided;
 (2) *transfer*, at every deeper depth: the regret of the rate transferred from the shallowest depth
 (the loss there over this depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``)
 is below ``REGRET_THRESHOLD``; (3) *depth-independent preactivation change*: at the transferred rate the
@@ -58,6 +59,7 @@ from nup.analysis.fits import power_law
 from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.core.activations import ACTIVATIONS
+from nup.core.cost import parameter_count, training_flops
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.progress import progress
 
@@ -145,10 +147,6 @@ def layer_widths(family: Family, depth: int, width: int) -> list[int]:
     return config.build_parameterization().widths(D_IN, D_OUT, depth, width)
 
 
-def n_params(widths: list[int]) -> int:
-    return int(sum(a * b for a, b in zip(widths[:-1], widths[1:])))
-
-
 def matched_width(target: int, depth: int) -> int:
     """The constant width ``w`` whose MLP at ``depth`` has the parameter count closest to ``target``:
     ``(l - 2) w^2 + (m_0 + m_l) w``."""
@@ -160,21 +158,23 @@ def matched_width(target: int, depth: int) -> int:
 
 def family_widths(p) -> dict[str, int]:
     """The width argument of every family: ``m``, ``const_width`` or the matched width."""
-    nup_params = n_params(layer_widths(FAMILIES["nup_per_layer"], p.depths[-1], p.base_width))
+    nup_params = parameter_count(layer_widths(FAMILIES["nup_per_layer"], p.depths[-1], p.base_width))
     matched = matched_width(nup_params, p.depths[-1])
     return {key: {"base": p.base_width, "const": p.const_width, "matched": matched}[f.width]
             for key, f in FAMILIES.items()}
 
 
 def parameter_counts(p) -> pd.DataFrame:
-    """One row per family and depth: width argument, first hidden width, parameter count."""
+    """One row per family and depth: width argument, first hidden width, parameter count, and the FLOPs of one
+    full-batch step (``nup.core.cost``)."""
     widths = family_widths(p)
     rows = []
     for key, f in FAMILIES.items():
         for depth in p.depths:
             w = layer_widths(f, depth, widths[key])
-            rows.append((key, f.label, depth, widths[key], w[1], n_params(w)))
-    return pd.DataFrame(rows, columns=["family", "label", "depth", "width", "first_hidden", "n_params"])
+            rows.append((key, f.label, depth, widths[key], w[1], parameter_count(w), training_flops(w, p.n_train)))
+    return pd.DataFrame(rows, columns=["family", "label", "depth", "width", "first_hidden", "n_params",
+                                       "flops_per_step"])
 
 
 def lr_factor(family: Family, depth: int, shallowest: int) -> float:
@@ -459,7 +459,7 @@ def claims(frames: dict, p) -> list[Verdict]:
         for depth in p.depths[1:]:
             r = reg.loc[(key, depth)]
             est = Estimate(r.regret, r.low, r.high, n=int(r.n), unit="paired seeds")
-            transfers.append(regret_verdict(f.label, depth, est, t.holds is True))
-        exponents.append(preact_verdict(f.label, preact_exponent(transferred_changes(runs, key)), t.holds is True))
+            transfers.append(regret_verdict(f.label, depth, est, t.holds is not False))
+        exponents.append(preact_verdict(f.label, preact_exponent(transferred_changes(runs, key)), t.holds is not False))
         losses.append(deep_loss_verdict(f.label, deep[key]))
     return trains + transfers + exponents + losses
