@@ -85,7 +85,7 @@ def test_top_k_and_default_tolerance():
     top = curvature.hessian_top_eigenvalues(model, mse_loss, x, y, k=4, tol=1e-10)
     assert top.converged and top.vectors.shape == (4, len(eigenvalues))
     np.testing.assert_allclose(top.values.numpy(), eigenvalues[:4], rtol=1e-8)
-    default = curvature.sharpness(model, mse_loss, x, y)  # tol 1e-3 on successive Ritz values
+    default = curvature.sharpness(model, mse_loss, x, y)  # tol 1e-3 on the Ritz residual
     assert default.value == pytest.approx(eigenvalues[0], rel=1e-3)
 
 

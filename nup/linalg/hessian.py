@@ -18,11 +18,12 @@
 
 * ``lanczos`` (``nup.linalg.lanczos``): the top-``k`` (largest algebraic) eigenpairs of a symmetric
   operator by Lanczos with full (DGKS) reorthogonalization and thick restart, warm-startable.
-  Stopping rule with relative tolerance ``tol``: every one of the top-``k`` Ritz values moved by
-  at most ``tol * |value|`` in the last product, or its Ritz residual ``|A y - theta y|`` is at
-  most ``tol * |value|``.  A warm start from the previous eigenvector therefore costs 2
-  products when the operator moved little (1 when it did not move at all).  ``tol`` bounds the
-  eigenvalue; the vector is accurate to about ``sqrt(tol)``.  Caveat of any warm start: a start
+  Stopping rule with relative tolerance ``tol``: the Ritz residual ``|A y - theta y|`` of every one
+  of the top-``k`` Ritz pairs is at most ``tol * |theta|`` (never a Ritz value that merely stopped
+  moving: that stops early on near-degenerate spectra).  ``tol`` bounds the eigenvalue error when
+  the top eigenvalues are more than about ``2 tol`` apart; the vector's angle is about
+  ``tol * theta / gap``.  A warm start from the previous eigenvector costs 1 product when the
+  operator did not move, a few when it moved little.  Caveat of any warm start: a start
   vector that is nearly an eigenvector of a *lower* eigenvalue (after two eigenvalues cross) can
   stop there, so restart cold (``v0=None``) now and then when crossings matter.
 * ``sharpness``: the top Hessian eigenvalue, ``hessian_top_eigenvalues``: the top ``k``.
