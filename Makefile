@@ -10,11 +10,17 @@ HEADLESS := TQDM_DISABLE=1 MPLBACKEND=Agg
 .PHONY: all venv data figures test unit expected bench lab clean clean-all
 all: figures
 
+# `make venv TORCH=cpu` (or `make test TORCH=cpu`, ...) first installs PyTorch's CPU-only build into the new venv:
+# on Linux a plain `pip install torch` pulls a multi-GB CUDA build.  The pin below then finds it installed.
+TORCH ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 # The venv's kernels log only errors (ipython_kernel_config.py): no warning about kernels talking TCP on localhost.
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(filter cpu,$(TORCH)),$(PY) -m pip install --quiet torch==2.13.0 --index-url $(TORCH_CPU_INDEX))
 	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
 	mkdir -p $(VENV)/etc/ipython && echo 'c.IPKernelApp.log_level = "ERROR"' > $(VENV)/etc/ipython/ipython_kernel_config.py
 	touch $@

@@ -4,6 +4,17 @@ A runnable companion to D. Terjék, *MLPs at the EOC: Dynamics of Feature Learni
 (arXiv 2502.13110, 2025).  See the README for which definitions the abstract states and
 which are this project's reading, and ``docs/definitions.md`` for the math.
 
+Quick start::
+
+    import nup
+    model = nup.NuP().build(784, 10, depth=8, width=16)       # EOC init, NTK multipliers, k^2 m widths
+    opt = nup.NuP().optimizer(model, lr=1.0)                   # per-layer normalized update (NormalizedSGD)
+    cfg = nup.RunConfig(parameterization="nup", depth=8, width=16, lr=1.0, steps=100)
+    result = nup.run(cfg)                                      # one training run, cached under results/
+    result.df                                                  # long-format frame: step, metric, layer, value
+    frame = nup.sweep([cfg.replace(lr=lr) for lr in (0.5, 1.0, 2.0)], n_jobs=2)   # cached, in parallel
+    # interval estimates: nup.analysis.stats; verdicts: nup.analysis.verdicts; FLOPs: nup.core.cost
+
 Layout (each folder may import the ones above it, never below):
 
     nup/validation.py   argument checks shared by everything
@@ -21,7 +32,8 @@ __version__ = "0.2.1"
 from nup.core.activations import ACTIVATIONS, Activation, get_activation, leaky_relu
 from nup.core.mlp import MLP, WIDTH_PROFILES, hidden_widths
 from nup.core.optim import NORMALIZE_MODES, NormalizedSGD
-from nup.core.param import MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, get_parameterization
+from nup.core.param import (MuP, NTK, NuP, PARAMETERIZATIONS, SP, Parameterization, Residual,
+                            get_parameterization)
 from nup.core.device import resolve_device, resolve_dtype
 from nup.diagnostics import DIAGNOSTICS, register_diagnostic
 from nup.training.schedules import SCHEDULES, GeometricLR, register_schedule, warmup_cosine
@@ -33,7 +45,7 @@ from nup.plotting import savefig
 
 __all__ = [
     "__version__", "Activation", "ACTIVATIONS", "get_activation", "leaky_relu", "MLP", "WIDTH_PROFILES",
-    "hidden_widths", "NormalizedSGD", "NORMALIZE_MODES", "Parameterization", "SP", "NTK", "MuP", "NuP",
+    "hidden_widths", "NormalizedSGD", "NORMALIZE_MODES", "Parameterization", "SP", "NTK", "MuP", "NuP", "Residual",
     "PARAMETERIZATIONS", "get_parameterization", "resolve_device", "resolve_dtype", "RunConfig", "RunResult",
     "train", "run", "is_cached", "mse_loss", "DIAGNOSTICS", "SCHEDULES", "register_diagnostic",
     "register_schedule", "GeometricLR", "warmup_cosine", "grid", "sweep", "savefig",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,9 @@ NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
 EXPECTED = ROOT / "tests" / "expected"
 RUNNING = ROOT / "build" / "running"
+# DEVELOPERS.md's budgets for a full run on a 2-core CPU from an empty cache.
+BUDGET_PER_NOTEBOOK_S = 12 * 60
+BUDGET_TOTAL_S = 60 * 60
 
 
 # What JupyterLab writes when it saves a notebook on the venv's ipykernel: committed notebooks carry exactly
@@ -88,6 +92,33 @@ def write_expected(reduced_dir: Path) -> int:
     return 0
 
 
+def resolve_notebook(arg: Path) -> Path:
+    """A path, or a bare name such as ``01_edge_of_chaos`` or ``01_edge_of_chaos.ipynb`` in notebooks/."""
+    for candidate in (arg, NOTEBOOKS / arg.name, NOTEBOOKS / f"{arg.name}.ipynb"):
+        if candidate.is_file() and candidate.suffix == ".ipynb":
+            return candidate.resolve()
+    names = ", ".join(p.stem for p in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
+    raise SystemExit(f"run_notebooks.py: notebook {str(arg)!r} not found; give a path to an .ipynb or one of: {names}")
+
+
+def children_cpu_seconds() -> float:
+    """CPU time (user + system) of this process's finished children: the kernels papermill started."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timing_table(rows: list[tuple[str, float, float]], size: str) -> str:
+    """Each notebook's wall and CPU time, and the total against the budget (full size only)."""
+    lines = [f"{'notebook':<40} {'wall s':>8} {'CPU s':>8}"]
+    lines += [f"{name:<40} {wall:8.0f} {cpu:8.0f}" + ("  over its 12-minute budget" if size == "full" and
+                                                      wall > BUDGET_PER_NOTEBOOK_S else "") for name, wall, cpu in rows]
+    total_wall, total_cpu = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    lines.append(f"{'total':<40} {total_wall:8.0f} {total_cpu:8.0f}" +
+                 (f"  (budget {BUDGET_TOTAL_S // 60} min: {'within' if total_wall <= BUDGET_TOTAL_S else 'OVER'})"
+                  if size == "full" else ""))
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("full", "ci"), default="full")
@@ -98,18 +129,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.write_expected:
         return write_expected(args.write_expected.resolve())
-    notebooks = [p.resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = [resolve_notebook(p) for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     if args.size == "ci":
         args.out = args.out.resolve()
         args.out.mkdir(parents=True, exist_ok=True)
         os.environ["NUP_FIGURES_DIR"] = str(args.out / "figures")
+    timings = []
     for notebook in notebooks:
         output = notebook if args.size == "full" else args.out / notebook.name
         parameters = reduced_parameters(notebook) if args.size == "ci" else {}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), children_cpu_seconds()
         print(f"[{args.size}] {notebook.name} {parameters or ''}", flush=True)
         execute(notebook, output, parameters)
-        print(f"[{args.size}] {notebook.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        timings.append((notebook.stem, time.perf_counter() - start, children_cpu_seconds() - cpu))
+        print(f"[{args.size}] {notebook.name} done in {timings[-1][1]:.0f} s", flush=True)
+    print(timing_table(timings, args.size), flush=True)
     return 0
 
 

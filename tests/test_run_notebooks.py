@@ -18,6 +18,15 @@ SCRIPT = ROOT / "scripts" / "run_notebooks.py"
 RUNNING = ROOT / "build" / "running"
 
 
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_notebooks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _notebook(path: Path, body: str) -> bytes:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -75,3 +84,18 @@ def test_write_expected_refuses_a_missing_reduced_run(tmp_path, stem):
     result = subprocess.run([sys.executable, str(SCRIPT), "--write-expected", str(tmp_path)], capture_output=True,
                             text=True)
     assert result.returncode == 1 and f"no reduced run of {stem}.ipynb" in result.stdout
+
+
+def test_a_bare_notebook_name_resolves_and_an_unknown_one_names_the_choices():
+    run_notebooks = _script_module()
+    assert run_notebooks.resolve_notebook(Path("01_edge_of_chaos")).name == "01_edge_of_chaos.ipynb"
+    assert run_notebooks.resolve_notebook(Path("01_edge_of_chaos.ipynb")).name == "01_edge_of_chaos.ipynb"
+    with pytest.raises(SystemExit, match="not found.*01_edge_of_chaos"):
+        run_notebooks.resolve_notebook(Path("99_nothing"))
+
+
+def test_the_timing_table_compares_the_total_with_the_budget():
+    run_notebooks = _script_module()
+    table = run_notebooks.timing_table([("01_a", 100.0, 150.0), ("02_b", 800.0, 1500.0)], "full")
+    assert "02_b" in table and "over its 12-minute budget" in table.splitlines()[2]
+    assert "total" in table and "within" in table.splitlines()[-1]

@@ -39,3 +39,20 @@ def test_ci_runs_the_readme_test_command():
     assert "git status --porcelain" in after and "exit 1" in after
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make figures" in readme
+
+
+def test_the_readme_cpu_setup_runs_as_written():
+    """The README's CPU-only set-up line, as a dry run from a fresh clone (no venv): the venv is created
+    before anything is installed into it, and the CPU-only torch comes before the project."""
+    import re
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("make ") and "TORCH=cpu" in l)
+    command = line.split("#")[0].split()
+    dry = subprocess.run(["make", "-n", "-B", "--no-print-directory", "-C", str(ROOT), *command[1:]],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    create = next(i for i, l in enumerate(dry) if "-m venv" in l)
+    cpu = next(i for i, l in enumerate(dry) if re.search(r"pip install .*torch==2\.13\.0 --index-url \S+/cpu", l))
+    project = next(i for i, l in enumerate(dry) if "pip install" in l and "-e '.[" in l)
+    assert create < cpu < project
