@@ -27,7 +27,7 @@ Layout (each folder may import the ones above it, never below):
     nup/experiments/    one module per notebook: parameter schema, run, claims
 """
 
-__version__ = "0.2.1"
+from nup.version import __version__
 
 from nup.core.activations import ACTIVATIONS, Activation, get_activation, leaky_relu
 from nup.core.mlp import MLP, WIDTH_PROFILES, hidden_widths

@@ -17,13 +17,14 @@ def _fmt(value) -> str:
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={_fmt(value)} is not an integer; {name} must be an integer" + _range(minimum, maximum))
+        raise ValueError(f"{name}={_fmt(value)} is not an integer; {name} must be an integer" + range_text(minimum, maximum))
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"{name}={_fmt(value)} is out of range; {name} must be an integer" + _range(minimum, maximum))
+        raise ValueError(f"{name}={_fmt(value)} is out of range; {name} must be an integer" + range_text(minimum, maximum))
     return int(value)
 
 
-def _range(minimum, maximum) -> str:
+def range_text(minimum, maximum) -> str:
+    """The allowed range in words, as error messages and the notebook schemas print it."""
     if minimum is not None and maximum is not None:
         return f" in [{minimum}, {maximum}]"
     if minimum is not None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.fits import _percentile_estimate
+from nup.analysis.fits import percentile_estimate
 from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.validation import check_int
 
@@ -138,7 +138,7 @@ def best_lr_bootstrap(log2_lrs, losses, n_boot: int = 2000, level: float = 0.95,
     rng = np.random.default_rng(seed)
     stats = [_best_from_log_table(x, log_table[rng.integers(0, len(log_table), len(log_table))]).value
              for _ in range(n_boot)]
-    return _percentile_estimate(value, stats, level)
+    return percentile_estimate(value, stats, level)
 
 
 def depth_slope(tables: Mapping[int, tuple], level: float = 0.95) -> Estimate:

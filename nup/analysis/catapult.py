@@ -8,6 +8,8 @@ monotonically.  Above 2 the top mode grows, the loss spikes, ``lambda_t`` falls 
 training converges (*catapult*, Lewkowycz et al. 2020; the window ends at ``eta * lambda_0 = 4`` in
 the two-layer linear model, about 12 reported for ReLU networks); far above, training *diverges*.
 
+* ``initial_eigenvalues(configs)``: ``lambda_max(K_0)`` of many configs at once, as the step-0 ``ntk_lambda`` of cached 0-step
+  runs in parallel, rounded to 4 significant digits (notebooks 05 and 06 set their rates from it).
 * ``initial_ntk_eigenvalue(config)``: ``lambda_max(K_0)`` on the run's full training set, for the
   very model ``nup.training.loop.train`` builds from ``config`` (same data, same seed).
 * ``config_for_ratio(config, ratio)``: the config with ``lr = ratio / lambda_0``.
@@ -31,15 +33,28 @@ import numpy as np
 from nup.linalg.tangent_kernel import ntk_top_eigenvalue
 from nup.training.config import RunConfig
 from nup.training.loop import build_model_and_data
+from nup.training.sweep import sweep
 from nup.validation import check_int, check_positive
 
-__all__ = ["initial_ntk_eigenvalue", "config_for_ratio", "spike_steps", "count_spikes", "largest_rise",
-           "classify_phase", "PHASES", "window_edge", "constant_loss"]
+__all__ = ["initial_ntk_eigenvalue", "initial_eigenvalues", "config_for_ratio", "spike_steps", "count_spikes",
+           "largest_rise", "classify_phase", "PHASES", "window_edge", "constant_loss"]
 
 PHASES = ("lazy", "catapult", "divergent")
 
 
 # ---------------------------------------------------------------------------- lambda_0 and learning rates
+
+def initial_eigenvalues(configs: list[RunConfig], n_jobs: int = 1, digits: int = 4) -> list[float]:
+    """``lambda_max(K_0)`` (full training set, the model each config trains) of every config, as the step-0
+    value of the ``"ntk_lambda"`` diagnostic of a 0-step run: cached like any run and computed in parallel.
+    Rounded to ``digits`` significant digits, so the learning rates set from it do not move (nor miss the
+    run cache) when the eigen-solver's last digits do."""
+    probes = [c.replace(steps=0, diagnostics=("ntk_lambda",), diagnostic_every=1, lr=1.0, schedule="constant",
+                        schedule_options=(), n_test=0) for c in configs]
+    frame = sweep(probes, n_jobs=n_jobs)
+    values = frame[frame.metric == "ntk_lambda"].sort_values(["run", "step"]).groupby("run")["value"].first()
+    return [float(f"{values[i]:.{digits}g}") for i in range(len(configs))]
+
 
 def _model_and_data(config: RunConfig):
     model, x, y, _, _ = build_model_and_data(config)

@@ -26,7 +26,7 @@ import pandas as pd
 from nup.analysis.stats import Estimate
 from nup.validation import check_int
 
-__all__ = ["PowerLaw", "power_law", "bootstrap", "Estimate", "power_law_bootstrap", "mean_bootstrap",
+__all__ = ["PowerLaw", "power_law", "bootstrap", "percentile_estimate", "Estimate", "power_law_bootstrap", "mean_bootstrap",
            "ratio_bootstrap"]
 
 
@@ -70,10 +70,12 @@ def bootstrap(replicates, statistic: Callable, n_boot: int = 2000, level: float 
         idx = rng.integers(0, n, n)
         sample = [data[i] for i in idx] if is_list else data[idx]
         stats.append(float(statistic(sample)))
-    return _percentile_estimate(value, stats, level)
+    return percentile_estimate(value, stats, level)
 
 
-def _percentile_estimate(value: float, stats, level: float) -> Estimate:
+def percentile_estimate(value: float, stats, level: float) -> Estimate:
+    """``value`` with the ``level`` percentile interval of the resampled ``stats`` (NaN if over a tenth are
+    not finite)."""
     stats = np.asarray(stats, dtype=float)
     finite = stats[np.isfinite(stats)]
     if len(finite) < 0.9 * len(stats):
@@ -117,4 +119,4 @@ def ratio_bootstrap(numerator, denominator, paired: bool = False, n_boot: int = 
     rng = np.random.default_rng(seed)
     stats = [np.mean(a[rng.integers(0, len(a), len(a))]) / np.mean(b[rng.integers(0, len(b), len(b))])
              for _ in range(n_boot)]
-    return _percentile_estimate(float(np.mean(a) / np.mean(b)), stats, level)
+    return percentile_estimate(float(np.mean(a) / np.mean(b)), stats, level)

@@ -1,7 +1,7 @@
 """Training diagnostics, looked up by name from ``RunConfig.diagnostics``.
 
 A diagnostic is a factory ``factory(ctx) -> callable(step, ctx, preactivations) -> [(metric, layer, value)]``
-(``ctx`` a ``nup.training.config.TrainContext``; ``preactivations`` the training forward pass's, or ``None``
+(``ctx`` a ``nup.diagnostics.context.TrainContext``; ``preactivations`` the training forward pass's, or ``None``
 in mini-batch runs), optionally with ``after_step(step, ctx)`` called after each optimizer step.
 The built-ins are listed in ``DIAGNOSTICS`` below, not registered by importing modules;
 ``register_diagnostic(name, factory)`` adds your own.

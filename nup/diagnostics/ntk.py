@@ -24,7 +24,7 @@ from nup.linalg.tangent_kernel import empirical_ntk, kernel_alignment, ntk_top_e
 from nup.validation import check_positive
 
 if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
-    from nup.training.config import TrainContext
+    from nup.diagnostics.context import TrainContext
 
 __all__ = ["NTKTracker", "NTKLambda", "NTKMotion"]
 

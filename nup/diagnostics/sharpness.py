@@ -11,7 +11,7 @@ import torch
 from nup.linalg.hessian import sharpness
 
 if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
-    from nup.training.config import TrainContext
+    from nup.diagnostics.context import TrainContext
 
 __all__ = ["SharpnessTracker"]
 

@@ -46,7 +46,7 @@ import torch
 from nup.validation import check_int
 
 if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
-    from nup.training.config import TrainContext
+    from nup.diagnostics.context import TrainContext
 
 __all__ = ["UpdateTracker", "EveryStepUpdateTracker", "LaggedUpdateCosine", "cosine"]
 

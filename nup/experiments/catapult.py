@@ -34,7 +34,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from nup.analysis.catapult import PHASES, classify_phase, config_for_ratio, constant_loss, largest_rise, window_edge
+from nup.analysis.catapult import (PHASES, classify_phase, config_for_ratio, constant_loss, initial_eigenvalues,
+                                   largest_rise, window_edge)
 from nup.analysis.fits import bootstrap
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.core.activations import ACTIVATIONS
@@ -100,18 +101,6 @@ N_BOOT = 1000
 
 
 # ---------------------------------------------------------------------------- lambda_0 through the run cache
-
-def initial_eigenvalues(configs: list[RunConfig], n_jobs: int = 1, digits: int = 4) -> list[float]:
-    """``lambda_max(K_0)`` (full training set, the model each config trains) of every config, as the step-0
-    value of the ``"ntk_lambda"`` diagnostic of a 0-step run: cached like any run and computed in parallel.
-    Rounded to ``digits`` significant digits, so the learning rates set from it do not move (nor miss the
-    run cache) when the eigen-solver's last digits do."""
-    probes = [c.replace(steps=0, diagnostics=("ntk_lambda",), diagnostic_every=1, lr=1.0, schedule="constant",
-                        schedule_options=(), n_test=0) for c in configs]
-    frame = sweep(probes, n_jobs=n_jobs)
-    values = frame[frame.metric == "ntk_lambda"].sort_values(["run", "step"]).groupby("run")["value"].first()
-    return [float(f"{values[i]:.{digits}g}") for i in range(len(configs))]
-
 
 # ---------------------------------------------------------------------------- phases of runs
 

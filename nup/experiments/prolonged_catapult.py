@@ -36,11 +36,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from nup.analysis.catapult import count_spikes
+from nup.analysis.catapult import count_spikes, initial_eigenvalues
 from nup.analysis.fits import bootstrap, mean_bootstrap, ratio_bootstrap
 from nup.analysis.verdicts import Verdict, compare
 from nup.core.activations import ACTIVATIONS
-from nup.experiments.catapult import initial_eigenvalues
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.training.config import RunConfig
 from nup.training.sweep import sweep

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from nup.validation import _range
+from nup.validation import range_text
 
 __all__ = ["Schema", "Params", "Param", "Int", "Float", "Bool", "Choice", "List", "Dict"]
 
@@ -48,7 +48,7 @@ class Int(Param):
     maximum: int | None = None
 
     def describe(self) -> str:
-        return "an integer" + _range(self.minimum, self.maximum)
+        return "an integer" + range_text(self.minimum, self.maximum)
 
     def check(self, name, value):
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -66,7 +66,7 @@ class Float(Param):
     positive: bool = False
 
     def describe(self) -> str:
-        return ("a number > 0" if self.positive else "a finite number") + _range(self.minimum, self.maximum)
+        return ("a number > 0" if self.positive else "a finite number") + range_text(self.minimum, self.maximum)
 
     def check(self, name, value):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -71,7 +71,7 @@ from nup.linalg.tangent_kernel import ntk_top_eigenvalue
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
 
 if TYPE_CHECKING:  # annotations only: diagnostics and schedules never import the training loop
-    from nup.training.config import TrainContext
+    from nup.diagnostics.context import TrainContext
 
 __all__ = ["GeometricLR", "CURVATURES", "PER_LAYER_SCALES", "WarmupCosine", "warmup_cosine", "SCHEDULES",
            "register_schedule"]
