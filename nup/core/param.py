@@ -108,10 +108,12 @@ class Parameterization:
                  "fan_in": layer.weight.shape[1], "fan_out": layer.weight.shape[0], "multiplier": c}
                 for k, (layer, m, c) in enumerate(zip(model.layers, lr_mults, model.multipliers))]
 
-    def optimizer(self, model: MLP, lr: float, momentum: float = 0.0, normalize: str | None = None) -> NormalizedSGD:
-        """``NormalizedSGD`` over ``param_groups`` with this parameterization's update mode."""
+    def optimizer(self, model: MLP, lr: float, momentum: float = 0.0, normalize: str | None = None,
+                  **steering) -> NormalizedSGD:
+        """``NormalizedSGD`` over ``param_groups`` with this parameterization's update mode; ``steering``:
+        ``steer_beta``, ``steer_mode``, ``steer_seed`` (``nup.core.optim``, "Steering"; off by default)."""
         return NormalizedSGD(self.param_groups(model, lr), lr=lr, momentum=momentum,
-                             normalize=self.normalize if normalize is None else normalize)
+                             normalize=self.normalize if normalize is None else normalize, **steering)
 
 
 def _ntk_rules(widths, sigmas):

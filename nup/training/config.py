@@ -17,7 +17,7 @@ import torch
 from nup.core.activations import ACTIVATIONS
 from nup.core.device import DTYPES
 from nup.core.mlp import WIDTH_PROFILES
-from nup.core.optim import NORMALIZE_MODES
+from nup.core.optim import NORMALIZE_MODES, check_steering
 from nup.core.param import PARAMETERIZATIONS, get_parameterization
 from nup.diagnostics import DIAGNOSTICS
 from nup.training import data as nup_data
@@ -82,6 +82,10 @@ class RunConfig:
     probe_size: int = 64
     schedule: str = "constant"
     schedule_options: tuple[tuple[str, object], ...] = ()
+    # Steering of each layer's update direction (nup.core.optim, "Steering"; notebook 04's intervention):
+    # 0 is off.  The control's random directions are drawn from a generator seeded by ``seed``.
+    steer_beta: float = 0.0
+    steer_mode: str = "cumulative"
 
     def __post_init__(self):
         # Lists from papermill/YAML become tuples so the config stays hashable.
@@ -131,6 +135,11 @@ class RunConfig:
         for name in self.diagnostics:
             check_choice("diagnostics", name, DIAGNOSTICS)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_steering(self.steer_beta, self.steer_mode)
+        if self.steer_beta:
+            if self.optimizer != "sgd":
+                raise ValueError(f"steer_beta={self.steer_beta!r} needs optimizer='sgd', not {self.optimizer!r}")
+            check_steering(self.steer_beta, self.steer_mode, self.build_parameterization().normalize, self.momentum)
         if self.classes is not None:
             if not isinstance(self.classes, tuple) or len(nup_data.check_classes(self.classes)) < 2:
                 raise ValueError(f"classes={self.classes!r} is not allowed; give None (all 10 classes) or a list of at "
@@ -157,7 +166,12 @@ class RunConfig:
         return RunConfig(**values)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields by name (what the run cache keys on), the steering fields only when steering is on, so
+        that adding them kept every earlier result's key."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.steer_beta:
+            del values["steer_beta"], values["steer_mode"]
+        return values
 
     def build_parameterization(self):
         options = dict(width_profile=self.width_profile, normalize=self.normalize, sigma2_scale=self.sigma2_scale)
