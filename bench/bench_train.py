@@ -9,7 +9,10 @@ disturbed one); absolute times are printed beside them for scale only.
 1. ``train(config)`` against a bare torch loop on the same model, data and optimizer (forward,
    ``loss.item()``, ``zero_grad``, ``backward``, ``step``; both include building the model and
    data), for νP at depths 8 and 16 (``m = 8``, hidden widths ``k^2 m``) and a width-256 depth-8
-   NTK network, all on 256 Fashion-MNIST samples; goal: at most 1.05.  The row "per-tensor check"
+   NTK network, all on 256 Fashion-MNIST samples, at equal thread counts: 1 thread, and the
+   machine's cores (``RunConfig.threads``; the bare loop under the same ``torch_threads``); the
+   row at the cores is what a single run with the default ``threads=None`` does on a machine whose
+   torch default is its core count.  Goal: at most 1.05 at both.  The column "per-tensor check"
    is ``train()`` with the divergence check it had before (``isfinite(...).all()`` on every
    gradient tensor) for comparison; since whole runs are noisy on a shared machine, the two checks
    are also timed alone on the model's gradients (best of many), as a share of one bare step.
@@ -17,10 +20,9 @@ disturbed one); absolute times are printed beside them for scale only.
    default): ``(T_with - T_without) / T_without`` over the run, and the cost of one call in steps.
    ``updates_every_step`` (registered here only) is ``"updates"`` at every step, as it ran before
    it honoured ``diagnostic_every``.
-3. A small sweep (a slice of notebook 03's grid, ``cache=False``): every run uses
-   ``nup.training.loop.THREADS`` (1) torch thread, so the sweep is timed serially and with
-   ``n_jobs=2`` loky workers (first call, workers starting; then warm), against the serial sweep at
-   torch's default thread count (what a serial sweep did before runs fixed their thread count).
+3. A small sweep (a slice of notebook 03's grid, ``cache=False``): serially with 1 torch thread per
+   run, serially at the default (each run gets every core), and with ``n_jobs=2`` loky workers (each
+   gets ``max(1, cores // 2)`` threads; first call, workers starting; then warm).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from nup import RunConfig, train  # noqa: E402
 from nup.diagnostics import DIAGNOSTICS  # noqa: E402
 from nup.diagnostics.updates import EveryStepUpdateTracker  # noqa: E402
 from nup.training.config import LOSS_FUNCTIONS  # noqa: E402
-from nup.training.loop import build_model_and_data, torch_threads  # noqa: E402
-from nup.training.sweep import grid, sweep  # noqa: E402
+from nup.training.loop import build_model_and_data, resolve_threads, torch_threads  # noqa: E402
+from nup.training.sweep import cores, grid, sweep  # noqa: E402
 
 loop = importlib.import_module("nup.training.loop")
 
@@ -60,8 +62,8 @@ def round_robin(fns: dict, repeats: int) -> dict[str, float]:
 
 def bare_loop(config: RunConfig) -> float:
     """The same run as ``train(config)`` without recording, checks or diagnostics, under the same torch
-    thread count; the final loss."""
-    with torch_threads():
+    thread count (``config.threads``); the final loss."""
+    with torch_threads(resolve_threads(config.threads)):
         return _bare_loop(config)
 
 
@@ -102,7 +104,7 @@ def final_loss(result) -> float:
 def check_costs(config: RunConfig, repeats: int) -> tuple[float, float]:
     """Best seconds of the fused check (``gradients_finite``) and of the per-tensor one, on the gradients
     of one step of ``config``'s model."""
-    with torch_threads():
+    with torch_threads(resolve_threads(config.threads)):
         model, x, y, _, _ = build_model_and_data(config)
         LOSS_FUNCTIONS[config.loss](model(x), y).backward()
         params = list(model.parameters())
@@ -119,21 +121,25 @@ SETUPS = {  # name: (config, steps, quick steps)
 
 
 def bench_overhead(args) -> None:
-    print("\n== 1. train() against a bare torch loop (same model, data, optimizer) ==")
-    print(f"  {'setup':24s} {'params':>10s} {'steps':>5s} {'bare s/step':>12s} {'train/bare':>11s} "
+    counts = sorted({1, cores()})
+    print(f"\n== 1. train() against a bare torch loop (same model, data, optimizer, thread count; "
+          f"threads = {' and '.join(map(str, counts))}) ==")
+    print(f"  {'setup':24s} {'threads':>7s} {'params':>10s} {'steps':>5s} {'bare s/step':>12s} {'train/bare':>11s} "
           f"{'per-tensor check/bare':>22s} {'check/step: fused':>18s} {'per-tensor':>11s}")
     for name, (options, steps, quick_steps) in SETUPS.items():
-        config = RunConfig(**options, n_train=256, lr=0.05, steps=quick_steps if args.quick else steps)
-        n_params = sum(p.numel() for p in build_model_and_data(config)[0].parameters())
-        same = final_loss(train(config)) == bare_loop(config)
-        best = round_robin({"bare": lambda: bare_loop(config), "train": lambda: train(config),
-                            "old": lambda: train_with_per_tensor_check(config)}, args.repeats)
-        step = best["bare"] / (config.steps + 1)
-        fused, old = check_costs(config, args.repeats * 4)
-        print(f"  {name:24s} {n_params:10,d} {config.steps:5d} {step:12.4f} "
-              f"{best['train'] / best['bare']:11.3f} {best['old'] / best['bare']:22.3f} {fused / step:18.4f} "
-              f"{old / step:11.4f}{'' if same else '   (final losses differ!)'}")
-    print("  goal: train/bare <= 1.05")
+        for threads in counts:
+            config = RunConfig(**options, n_train=256, lr=0.05, steps=quick_steps if args.quick else steps,
+                               threads=threads)
+            n_params = sum(p.numel() for p in build_model_and_data(config)[0].parameters())
+            same = final_loss(train(config)) == bare_loop(config)
+            best = round_robin({"bare": lambda: bare_loop(config), "train": lambda: train(config),
+                                "old": lambda: train_with_per_tensor_check(config)}, args.repeats)
+            step = best["bare"] / (config.steps + 1)
+            fused, old = check_costs(config, args.repeats * 4)
+            print(f"  {name:24s} {threads:7d} {n_params:10,d} {config.steps:5d} {step:12.4f} "
+                  f"{best['train'] / best['bare']:11.3f} {best['old'] / best['bare']:22.3f} {fused / step:18.4f} "
+                  f"{old / step:11.4f}{'' if same else '   (final losses differ!)'}")
+    print("  goal: train/bare <= 1.05 at every thread count")
 
 
 def bench_diagnostics(args) -> None:
@@ -161,35 +167,30 @@ def bench_diagnostics(args) -> None:
 def bench_sweep(args) -> None:
     from joblib.externals.loky import get_reusable_executor
 
-    print("\n== 3. A sweep: serial against n_jobs=2 (every run: 1 torch thread) ==")
+    n_cores = cores()
+    print(f"\n== 3. A sweep: serial against n_jobs=2 ({n_cores} cores) ==")
     steps = 30 if args.quick else 100
     common = dict(steps=steps, n_train=64, probe_size=64, diagnostics=("preactivations",), diagnostic_every=10)
     configs = [dict(common, parameterization="nup", width=4, **p) for p in grid(depth=[4, 8], lr=[0.25, 0.5, 1.0, 2.0])]
     configs += [dict(common, parameterization="ntk", width=64, **p) for p in grid(depth=[4, 8], lr=[0.5, 1.0, 2.0, 4.0])]
-    default_threads = torch.get_num_threads()
-
-    def before():  # the serial sweep at torch's default thread count
-        fixed = loop.THREADS
-        loop.THREADS = default_threads
-        try:
-            return sweep(configs, backend="serial", cache=False, progress=False)
-        finally:
-            loop.THREADS = fixed
 
     def cold():
         get_reusable_executor().shutdown(wait=True)
         return sweep(configs, n_jobs=2, cache=False, progress=False)
 
-    fns = {"before": before, "serial": lambda: sweep(configs, backend="serial", cache=False, progress=False),
+    fns = {"one": lambda: sweep(configs, backend="serial", threads=1, cache=False, progress=False),
+           "serial": lambda: sweep(configs, backend="serial", cache=False, progress=False),
            "n_jobs=2, first call": cold, "n_jobs=2, warm": lambda: sweep(configs, n_jobs=2, cache=False, progress=False)}
     best = round_robin(fns, args.repeats)
-    labels = {"before": f"serial, {default_threads} torch threads per run (before)",
-              "serial": "serial, 1 torch thread per run", "n_jobs=2, first call": "n_jobs=2, first call (workers start)",
-              "n_jobs=2, warm": "n_jobs=2, warm workers"}
+    share = max(1, n_cores // 2)
+    labels = {"one": "serial, 1 torch thread per run",
+              "serial": f"serial, {n_cores} torch threads per run (default)",
+              "n_jobs=2, first call": f"n_jobs=2 x {share} threads, first call (workers start)",
+              "n_jobs=2, warm": f"n_jobs=2 x {share} threads, warm workers"}
     print(f"  {len(configs)} runs of {steps} steps (νP m=4 and NTK width 64, depths 4 and 8, 64 samples)")
-    print(f"  {'':44s} {'time/s':>7s} {'runs/s':>7s} {'time/before':>12s}")
+    print(f"  {'':48s} {'time/s':>7s} {'runs/s':>7s} {'time/1-thread serial':>21s}")
     for name, label in labels.items():
-        print(f"  {label:44s} {best[name]:7.2f} {len(configs) / best[name]:7.2f} {best[name] / best['before']:12.3f}")
+        print(f"  {label:48s} {best[name]:7.2f} {len(configs) / best[name]:7.2f} {best[name] / best['one']:21.3f}")
 
 
 def main(argv=None):
@@ -206,7 +207,7 @@ def main(argv=None):
     unknown = skip - {"overhead", "diagnostics", "sweep"}
     if unknown:
         raise ValueError(f"--skip={args.skip!r} is not allowed; choose from overhead, diagnostics, sweep")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default; ratios of best-of-"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default, {cores()} cores; ratios of best-of-"
           f"{args.repeats} round-robin timings in this process")
     if "overhead" not in skip:
         bench_overhead(args)

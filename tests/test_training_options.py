@@ -108,7 +108,7 @@ def test_adam_is_torch_adam_on_the_parameterization_groups():
     optimizer = torch.optim.Adam(groups, lr=0.01)
     batches = loop._batches(config, CPU)
     losses = []
-    with loop.torch_threads():
+    with loop.torch_threads(result.extras["threads"]):  # the same thread count, hence the same bits
         for _ in range(config.steps + 1):
             idx = next(batches)
             loss = cross_entropy_loss(model(x[idx]), y[idx])
@@ -167,7 +167,10 @@ def test_defaults_of_the_new_options_leave_the_cache_key_unchanged():
     assert not {"optimizer", "n_val", "full_loss"} & set(values)
     values, _ = nup_cache._key(RunConfig(**BASE, n_val=3, full_loss=False))
     assert values["n_val"] == 3 and values["full_loss"] is False
-    assert RunConfig(**values) == RunConfig(**BASE, n_val=3, full_loss=False)
+    # threads=None is resolved in the key (to this process's torch count; a count of 1 is left out)
+    threads = loop.resolve_threads(None)
+    assert values.get("threads", 1) == threads
+    assert nup_cache._config_from_key(values) == RunConfig(**BASE, n_val=3, full_loss=False, threads=threads)
 
 
 # ---------------------------------------------------------------------------- GeometricLR annealed

@@ -1,6 +1,8 @@
 """The run cache: ``run(config)`` returns ``train(config)``, computed once.
 
-A run is keyed by a hash of its full configuration (with ``device="auto"`` resolved) and the
+A run is keyed by a hash of its full configuration (with ``device="auto"`` resolved, and
+``threads=None`` resolved to the count the run would use, ``torch.get_num_threads()``; a count of 1
+is left out of the key, as every run used 1 thread before ``RunConfig.threads`` existed) and the
 ``nup`` version, and stored by ``joblib.Memory`` under ``results/`` (or ``$NUP_RESULTS_DIR``).
 joblib writes each result to a temporary file and renames it, so a killed run leaves a
 complete result or none; a result it cannot read is recomputed, with a warning.  After
@@ -16,7 +18,7 @@ from joblib import Memory
 
 from nup.core.device import resolve_device
 from nup.training.config import RunConfig, RunResult
-from nup.training.loop import train
+from nup.training.loop import resolve_threads, train
 
 __all__ = ["run", "is_cached", "results_dir"]
 
@@ -26,9 +28,14 @@ def results_dir() -> Path:
     return Path(os.environ.get("NUP_RESULTS_DIR", default))
 
 
+def _config_from_key(values: dict) -> RunConfig:
+    """The ``RunConfig`` that a cache key stands for (a key without ``threads`` means 1 thread)."""
+    return RunConfig(**{"threads": 1, **values})
+
+
 def _train_from_dict(config: dict, version: str) -> RunResult:
     # ``version`` is unused here: it is part of the cache key.
-    return train(RunConfig(**config))
+    return train(_config_from_key(config))
 
 
 def _cached_function(cache_dir):
@@ -42,11 +49,14 @@ KEY_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "optimizer": "sgd", "n_val": 0, "f
 
 
 def _key(config: RunConfig):
-    from nup import __version__
+    from nup.version import __version__
 
     config.validate()
     values = config.as_dict()
     values["device"] = resolve_device(config.device).type
+    values["threads"] = resolve_threads(config.threads)  # the last bits of a result depend on it
+    if values["threads"] == 1:
+        del values["threads"]
     for name, default in KEY_OMITTED_AT_DEFAULT.items():
         if values[name] == default:
             del values[name]
@@ -59,8 +69,10 @@ def run(config: RunConfig, cache: bool = True, cache_dir: str | os.PathLike | No
         raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
     values, version = _key(config)
     if not cache:
-        return train(RunConfig(**values))
-    return _cached_function(cache_dir)(values, version)
+        return train(_config_from_key(values))
+    result = _cached_function(cache_dir)(values, version)
+    result.extras.setdefault("threads", 1)  # a result cached before RunConfig.threads: 1 thread
+    return result
 
 
 def is_cached(config: RunConfig, cache_dir: str | os.PathLike | None = None) -> bool:

@@ -8,7 +8,6 @@ Diagnostics and schedules are looked up by name in ``DIAGNOSTICS`` (``nup.diagno
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
@@ -20,6 +19,7 @@ from nup.core.mlp import WIDTH_PROFILES
 from nup.core.optim import NORMALIZE_MODES, check_steering
 from nup.core.param import PARAMETERIZATIONS, get_parameterization
 from nup.diagnostics import DIAGNOSTICS
+from nup.diagnostics.context import TrainContext
 from nup.training import data as nup_data
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int, check_nonnegative, check_positive
@@ -86,6 +86,11 @@ class RunConfig:
     # 0 is off.  The control's random directions are drawn from a generator seeded by ``seed``.
     steer_beta: float = 0.0
     steer_mode: str = "cumulative"
+    # torch (and BLAS) intra-op threads of the run.  None: the machine's default, the calling
+    # process's ``torch.get_num_threads()`` when the run starts (a sweep gives each of its n_jobs
+    # workers its share of the cores instead).  The last bits of a result depend on the count (see
+    # nup.training.loop), so it is recorded (``RunResult.extras["threads"]``) and part of the cache key.
+    threads: int | None = None
 
     def __post_init__(self):
         # Lists from papermill/YAML become tuples so the config stays hashable.
@@ -132,6 +137,8 @@ class RunConfig:
         if not isinstance(self.full_loss, bool):
             raise ValueError(f"full_loss={self.full_loss!r} is not allowed; full_loss must be True or False")
         check_int("probe_size", self.probe_size, minimum=1)
+        if self.threads is not None:
+            check_int("threads", self.threads, minimum=1)
         for name in self.diagnostics:
             check_choice("diagnostics", name, DIAGNOSTICS)
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -195,20 +202,3 @@ class RunResult:
         """The values of one metric (indexed by step) for one layer (0: whole network)."""
         rows = self.df[(self.df.metric == name) & (self.df.layer == layer)]
         return rows.set_index("step")["value"]
-
-
-@dataclass
-class TrainContext:
-    """What diagnostics and schedules see: the run's model, data and loss."""
-
-    config: RunConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    x: torch.Tensor
-    y: torch.Tensor
-    loss_fn: Callable
-    x_test: torch.Tensor | None = None
-    y_test: torch.Tensor | None = None
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
-    state: dict = field(default_factory=dict)

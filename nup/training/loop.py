@@ -7,13 +7,19 @@ value)`` rows; ``layer = 0`` means the whole network.  A run whose loss or gradi
 inf stops and is returned with ``diverged_step`` set: divergence is a result, not an exception.  The gradient check is one fused
 reduction per step (``gradients_finite``), not one check per tensor.
 
-Threads.  Every run executes under ``THREADS`` (1) torch intra-op threads, set on entry and
-restored on exit (``torch_threads``), whatever ``torch.get_num_threads()`` says on the machine:
-the thread count changes how torch splits reductions and matrix products, hence the last bits of
-a result, which the training dynamics then amplify.  With a fixed count the same ``RunConfig``
-gives the same DataFrame, bit for bit, on any core count and through any sweep backend
-(``nup.training.sweep`` runs in parallel across runs instead); see the README for what remains
-machine-dependent (the CPU's vector instruction set, CUDA).
+Threads.  A run executes under ``RunConfig.threads`` torch intra-op threads (which also set MKL's
+count), set on entry and restored on exit (``torch_threads``); ``threads=None`` (the default) takes
+the machine's default, the calling process's ``torch.get_num_threads()`` when the run starts, so a
+single run uses the machine.  The count used is recorded in ``RunResult.extras["threads"]`` and is
+part of the run's cache key (``nup.training.cache``; left out at 1, the count every run used before
+the option existed, so earlier results keep their keys).  The count changes the last bits of a
+result, which the training dynamics then amplify: MKL splits the inner dimension of some matrix
+products across threads (small outputs with a long inner dimension, e.g. the last layer's weight
+gradient ``dY^T h``), and ATen splits reductions over more than 32,768 elements (e.g. the MSE sum at
+``n_train > 3276``).  So a fixed count gives the same DataFrame, bit for bit, on any machine and
+through any sweep backend, and two counts in general do not; notebooks pin theirs.  ``nup.training.sweep``
+gives each of its ``n_jobs`` workers ``max(1, cores // n_jobs)`` threads.  See the README for what
+remains machine-dependent (the CPU's vector instruction set, CUDA).
 
 Data.  ``n_val > 0`` holds a validation split out of the training split: one class-balanced draw of
 ``n_train + n_val`` training images, of which the last ``n_val`` are never trained on
@@ -43,13 +49,19 @@ from nup.training.schedules import SCHEDULES
 from nup.validation import check_int
 
 __all__ = ["train", "build_model_and_data", "build_optimizer", "load_data", "load_validation", "gradients_finite",
-           "torch_threads", "THREADS"]
+           "torch_threads", "resolve_threads", "THREADS"]
 
-THREADS = 1  # torch intra-op threads of every run: part of what makes a result reproducible
+THREADS = 1  # the count ``torch_threads()`` pins when given none (helpers outside train(), e.g. the experiments')
 
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_before: int | None = None
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch thread count a run with ``RunConfig.threads = threads`` uses: ``threads``, or for
+    ``None`` the machine's default, ``torch.get_num_threads()`` now."""
+    return torch.get_num_threads() if threads is None else check_int("threads", threads, minimum=1)
 
 
 @contextmanager
@@ -148,9 +160,14 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Op
 
 
 def train(config: RunConfig) -> RunResult:
-    """Run one configuration under ``THREADS`` torch threads; see the module docstring."""
-    with torch_threads():
-        return _train(config)
+    """Run one configuration under ``config.threads`` torch threads (``None``: the machine's default,
+    ``torch.get_num_threads()``); the count used is in ``extras["threads"]``.  See the module docstring."""
+    config.validate()
+    threads = resolve_threads(config.threads)
+    with torch_threads(threads):
+        result = _train(config)
+    result.extras = {**result.extras, "threads": threads}
+    return result
 
 
 def _train(config: RunConfig) -> RunResult:

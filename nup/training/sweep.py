@@ -27,10 +27,12 @@ outright resumes where it stopped, and its local workers exit with it, within a 
 SIGKILL (``_exit_with_parent``), instead of lingering as orphans.  A diverged run is a result like any other
 (``diverged``, ``diverged_step``).
 
-Determinism.  Every run executes under ``nup.training.loop.THREADS`` (1) torch threads, in this
-process or a worker, so the same configuration gives the same DataFrame bit for bit serially, through
-loky or through Dask, whatever the machine's core count or ``torch.get_num_threads()``.  Parallelism
-comes from running several runs at once (``n_jobs``), not from threads within a run.
+Threads.  A run's torch thread count is ``RunConfig.threads``, and its result depends on it in the last
+bits (see ``nup.training.loop``).  A config that leaves it ``None`` gets its worker's share of this
+machine's cores, ``max(1, cores // n_jobs)`` (``n_jobs`` workers run at once; serially, one run gets all
+the cores), or ``sweep(threads=...)``; with Dask, the worker's own default.  So parallel sweeps do not
+oversubscribe, and a config that pins ``threads`` gives the same DataFrame bit for bit serially,
+through loky or through Dask, whatever the machine's core count.
 """
 
 from __future__ import annotations
@@ -56,11 +58,10 @@ from nup.training import cache as nup_cache
 from nup.core.device import resolve_device
 from nup.diagnostics import DIAGNOSTICS
 from nup.training.config import RunConfig, RunResult
-from nup.training.loop import THREADS
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int
 
-__all__ = ["grid", "sweep", "BACKENDS", "CONFIG_FIELDS"]
+__all__ = ["grid", "sweep", "worker_threads", "cores", "BACKENDS", "CONFIG_FIELDS"]
 
 BACKENDS = ("loky", "serial", "dask")
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
@@ -116,9 +117,9 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
     ``"serial"`` or ``"dask"`` (see the module docstring); ``scheduler``: the Dask scheduler
     address or ``Client`` (implies ``backend="dask"``).  ``cache=False`` computes every run
     and stores nothing; ``cache_dir`` defaults to ``nup.training.cache.results_dir()``.  ``retries``:
-    how many more times a run whose worker process died is tried.  ``threads`` is kept for
-    compatibility: every run uses ``nup.training.loop.THREADS`` torch threads (see the module
-    docstring), so only ``None`` or that value is allowed.
+    how many more times a run whose worker process died is tried.  ``threads``: the torch threads of
+    every config that leaves ``RunConfig.threads`` at ``None``; ``None`` gives each worker its share,
+    ``max(1, cores // n_jobs)`` (Dask: the worker's default).  Configs that pin ``threads`` keep it.
     """
     configs = _validate_configs(configs)
     columns = tuple(check_choice("columns", name, CONFIG_FIELDS) for name in columns)
@@ -127,13 +128,15 @@ def sweep(configs, n_jobs: int = 1, backend: str | None = None, progress: bool =
         if not isinstance(value, bool):
             raise ValueError(f"{name}={value!r} is not allowed; {name} must be True or False")
     retries = check_int("retries", retries, minimum=0)
-    if threads is not None and check_int("threads", threads, minimum=1) != THREADS:
-        raise ValueError(f"threads={threads!r} is not allowed; every run uses {THREADS} torch thread(s) "
-                         "(nup.training.loop.THREADS) so that its result does not depend on the machine: "
-                         "leave threads=None and run runs in parallel with n_jobs")
+    if threads is not None:
+        threads = check_int("threads", threads, minimum=1)
     backend = _resolve_backend(backend, scheduler)
     if backend == "loky" and n_jobs == 1:
         backend = "serial"
+    if threads is None and backend != "dask":
+        threads = worker_threads(n_jobs if backend == "loky" else 1)
+    if threads is not None:
+        configs = [c if c.threads is not None else c.replace(threads=threads) for c in configs]
     if backend != "dask":
         # On a cluster the workers, not this machine, decide whether CUDA exists.
         for i, config in enumerate(configs):
@@ -196,6 +199,19 @@ def _validate_configs(configs) -> list[RunConfig]:
             raise ValueError(f"configs[{i}]: {exc}") from None
         out.append(config)
     return out
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def worker_threads(n_jobs: int) -> int:
+    """Each of ``n_jobs`` concurrent workers' share of the cores: ``max(1, cores() // n_jobs)``."""
+    return max(1, cores() // check_int("n_jobs", n_jobs, minimum=1))
 
 
 def _validate_n_jobs(n_jobs) -> int:
