@@ -21,7 +21,8 @@ from nup.training.sweep import grid, sweep
 
 NO_DASK = "dask.distributed is not installed (pip install 'nup[dask]')"
 # Tiny teacher runs: a few milliseconds each.
-BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
+# Pinned to 1 thread: serial and parallel sweeps then run the same computation and share cache entries.
+BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32, threads=1)
 
 
 def tiny_configs():
