@@ -134,9 +134,10 @@ def test_claims_on_synthetic_runs():
         assert v.holds is (key != "nup_per_layer") and v.n == 5
         rich = next(v for s, v in by.items() if s.startswith(f"{f.label} stays rich"))
         assert rich.holds is (key != "nup_per_layer") and rich.n == 5
-    # per-layer: the first regret decided above the threshold is shown (m = 32: 1 log2 unit off, exp(0.7)).
+    # per-layer: the worst regret decided above the threshold is shown (the widest m: 2 log2 units off at
+    # slope 0.5 from m = 8 to 128, exp(0.7 * 2^2) ~ 16; m = 32 alone would show exp(0.7)).
     per_layer = verdicts[0]
-    assert per_layer.estimate == pytest.approx(math.exp(0.7), rel=0.05)
+    assert per_layer.holds is False and per_layer.estimate > 2 * math.exp(0.7)
     depth = verdicts[-1]
     assert depth.statement.startswith("The νP update that keeps width transfer")
     assert depth.holds is False and depth.estimate == pytest.approx(math.exp(0.7 * 0.64), rel=0.05)  # 0.8 log2 off

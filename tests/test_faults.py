@@ -415,8 +415,8 @@ def test_a_worker_watching_a_process_that_is_not_its_parent_exits_when_it_dies()
     watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     script = textwrap.dedent(f"""
         import time
-        from nup.training.sweep import _exit_with_parent
-        _exit_with_parent({watched.pid}, poll_seconds=0.05)
+        from nup.training.sweep import exit_with_parent
+        exit_with_parent({watched.pid}, poll_seconds=0.05)
         print("watching", flush=True)
         time.sleep(120)
     """)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from nup.analysis.stats import Estimate
 
-__all__ = ["Verdict", "compare", "within", "format_number", "verdict_line", "claim_lines", "print_claims", "verdict_table",
+__all__ = ["Verdict", "compare", "within", "all_of", "format_number", "verdict_line", "claim_lines", "print_claims", "verdict_table",
            "show_verdicts"]
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -119,6 +119,23 @@ def within(statement: str, estimate: float | Estimate, interval: Sequence[float]
         holds = None
     return Verdict(statement, holds, float(estimate), float(low), float(high),
                    f"{format_number(target)} +- {format_number(tolerance)}", n, unit)
+
+
+def all_of(statement: str, cells: Sequence[Verdict], badness: Callable[[Verdict], float] | None = None) -> Verdict:
+    """The verdict that ``statement`` holds in every cell: False if a cell is False, undecided if a cell is
+    undecided (and none False), True if all are True.  The numbers shown (and n) are the deciding cell's:
+    the False (or undecided, or any) cell with the largest ``badness``, default the first such cell."""
+    cells = list(cells)
+    if not cells:
+        raise ValueError("all_of needs at least one cell")
+    for outcome in (False, None):
+        deciding = [c for c in cells if c.holds is outcome]
+        if deciding:
+            cell = max(deciding, key=badness) if badness else deciding[0]
+            break
+    else:
+        cell = max(cells, key=badness) if badness else cells[0]
+    return Verdict(statement, cell.holds, cell.estimate, cell.low, cell.high, cell.threshold, cell.n, cell.unit)
 
 
 def verdict_line(verdict: Verdict) -> str:

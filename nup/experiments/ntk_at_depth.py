@@ -33,8 +33,7 @@ full-size run.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -44,7 +43,7 @@ import torch
 from nup.analysis.catapult import classify_phase, largest_rise
 from nup.analysis.fits import Estimate, bootstrap, mean_bootstrap, power_law, ratio_bootstrap
 from nup.analysis.frames import metric
-from nup.analysis.verdicts import Verdict, compare, within
+from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS, leaky_relu
 from nup.core.device import resolve_device
 from nup.core.mlp import hidden_widths
@@ -57,7 +56,7 @@ from nup.theory.kernels import iterate_kernels, ntk_kernel
 from nup.training.config import RunConfig
 from nup.training.data import load_fashion_mnist
 from nup.training.loop import build_model_and_data, torch_threads
-from nup.training.sweep import sweep
+from nup.training.sweep import parallel_map, sweep
 
 NOTEBOOK = "02_ntk_at_depth"
 
@@ -143,28 +142,6 @@ RULES = ("fixed eta", "eta * l_ref/l")
 
 
 # ---------------------------------------------------------------------------- running things
-
-def _threaded(fn, args):
-    with torch_threads():
-        return fn(*args)
-
-
-def parallel_map(fn: Callable, tasks: Sequence[tuple], n_jobs: int = 1, desc: str | None = None) -> list:
-    """``[fn(*task) for task in tasks]``, in order, each call under ``nup.training.loop.THREADS`` torch
-    threads, in ``n_jobs`` worker processes (loky, like ``nup.sweep``); the results do not depend on
-    ``n_jobs``.  ``fn`` must be a module-level function (it is pickled by reference)."""
-    tasks = list(tasks)
-    if n_jobs == 1 or len(tasks) < 2:
-        return [_threaded(fn, t) for t in progress(tasks, desc=desc)]
-    import joblib
-
-    from nup.training.sweep import _exit_with_parent  # workers exit with this process, as nup.sweep's do
-
-    with joblib.parallel_config(backend="loky", initializer=_exit_with_parent, initargs=(os.getpid(),)):
-        results = joblib.Parallel(n_jobs=n_jobs, return_as="generator")(
-            joblib.delayed(_threaded)(fn, t) for t in tasks)
-        return list(progress(results, total=len(tasks), desc=desc))
-
 
 def run(p) -> dict:
     """Spectra and training (claim 2), kernel distances (claim 3), condition numbers (claim 4)."""
@@ -588,23 +565,6 @@ def training_summary(outcomes: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- verdicts
-
-def all_of(statement: str, cells: Sequence[Verdict], badness: Callable[[Verdict], float] | None = None) -> Verdict:
-    """The verdict that ``statement`` holds in every cell: False if a cell is False, undecided if a cell is
-    undecided (and none False), True if all are True.  The numbers shown are the deciding cell's: the
-    first False, else the first undecided, else the cell with the largest ``badness`` (default: first)."""
-    cells = list(cells)
-    if not cells:
-        raise ValueError("all_of needs at least one cell")
-    for outcome in (False, None):
-        deciding = [c for c in cells if c.holds is outcome]
-        if deciding:
-            cell = max(deciding, key=badness) if badness else deciding[0]
-            break
-    else:
-        cell = max(cells, key=badness) if badness else cells[0]
-    return Verdict(statement, cell.holds, cell.estimate, cell.low, cell.high, cell.threshold)
-
 
 def claims(frames: dict, p) -> list[Verdict]:
     boot = dict(n_boot=N_BOOT, seed=p.seed)

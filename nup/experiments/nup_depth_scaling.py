@@ -35,9 +35,9 @@ Verdicts (thresholds fixed before the runs, below; 95% jackknife-t intervals ove
 shallowest depth is within ``TRAINS_FACTOR`` of the best family's (geometric mean over paired seeds); a
 family whose ratio is decided above it is reported as not comparable, and its transfer verdicts are left
 undecided;
-(2) *transfer*, at every deeper depth: the regret of the rate transferred from the shallowest depth
-(the loss there over this depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``)
-is below ``REGRET_THRESHOLD``; (3) *depth-independent preactivation change*: at the transferred rate the
+(2) *transfer* to every deeper depth: the regret of the rate transferred from the shallowest depth
+(the loss there over that depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``)
+is below ``REGRET_THRESHOLD`` at each (False when one depth's is decided above; the worst depth shown); (3) *depth-independent preactivation change*: at the transferred rate the
 exponent of the mean hidden ``|h_k(T) - h_k(0)|/|h_k(0)|`` against depth lies within
 ``±PREACT_TOLERANCE``; (4) *it trains deep*: its best training loss at the deepest depth is below
 ``LOSS_FACTOR`` times the best family's.  The slope of ``log best lr`` against ``log depth`` is reported
@@ -57,7 +57,7 @@ from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, 
                                   transfer_regret, widen)
 from nup.analysis.fits import power_law
 from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
-from nup.analysis.verdicts import Verdict, compare, within
+from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count, training_flops
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
@@ -424,9 +424,13 @@ def trains_verdict(label: str, ratio: Estimate) -> Verdict:
                    "family's)", ratio, None, "<", TRAINS_FACTOR)
 
 
-def regret_verdict(label: str, depth: int, regret: Estimate, comparable: bool) -> Verdict:
-    v = compare(f"{label}, the rate tuned at the shallowest depth, transfers to depth {depth} (regret below "
-                "{threshold})", regret, None, "<", REGRET_THRESHOLD)
+def regret_verdict(label: str, regrets: list[Estimate], comparable: bool) -> Verdict:
+    """Transfer to every deeper depth: True when every deeper depth's regret is decided below
+    ``REGRET_THRESHOLD``, False when one is decided above it; the numbers shown are the worst depth's.
+    Scale-free: the same statement at any depths."""
+    each = [compare(f"{label}, the rate tuned at the shallowest depth, transfers to every deeper depth (regret "
+                    "below {threshold} at each; the worst shown)", r, None, "<", REGRET_THRESHOLD) for r in regrets]
+    v = all_of(each[0].statement, each, badness=lambda c: c.high if math.isfinite(c.high) else math.inf)
     return v if comparable else _not_comparable(v)
 
 
@@ -456,10 +460,9 @@ def claims(frames: dict, p) -> list[Verdict]:
     for key, f in FAMILIES.items():
         t = trains_verdict(f.label, shallow[key])
         trains.append(t)
-        for depth in p.depths[1:]:
-            r = reg.loc[(key, depth)]
-            est = Estimate(r.regret, r.low, r.high, n=int(r.n), unit="paired seeds")
-            transfers.append(regret_verdict(f.label, depth, est, t.holds is not False))
+        ests = [Estimate(r.regret, r.low, r.high, n=int(r.n), unit="paired seeds")
+                for r in (reg.loc[(key, depth)] for depth in p.depths[1:])]
+        transfers.append(regret_verdict(f.label, ests, t.holds is not False))
         exponents.append(preact_verdict(f.label, preact_exponent(transferred_changes(runs, key)), t.holds is not False))
         losses.append(deep_loss_verdict(f.label, deep[key]))
     return trains + transfers + exponents + losses

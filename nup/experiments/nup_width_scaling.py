@@ -47,7 +47,7 @@ import pandas as pd
 from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, transfer_regret, widen
 from nup.analysis.fits import power_law
 from nup.analysis.stats import Estimate, jackknife_t
-from nup.analysis.verdicts import Verdict, compare, within
+from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
@@ -346,13 +346,10 @@ def width_regret_verdict(label: str, estimates: list[Estimate]) -> Verdict:
     (the first decided above, else the largest upper end).  Scale-free: the same statement at any widths."""
     statement = (f"{label}, the rate tuned at the smallest width, transfers to every larger width (regret below "
                  "{threshold} at each; the worst shown)")
-    each = [compare(statement, r, None, "<", REGRET_THRESHOLD) for r in estimates]
-    if not each:
+    if not estimates:
         raise ValueError("width_regret_verdict needs the regret of at least one larger width")
-    failed = [v for v in each if v.holds is False]
-    worst = failed[0] if failed else max(each, key=lambda v: v.high if math.isfinite(v.high) else math.inf)
-    holds = False if failed else (True if all(v.holds is True for v in each) else None)
-    return Verdict(worst.statement, holds, worst.estimate, worst.low, worst.high, worst.threshold, worst.n, worst.unit)
+    each = [compare(statement, r, None, "<", REGRET_THRESHOLD) for r in estimates]
+    return all_of(each[0].statement, each, badness=lambda v: v.high if math.isfinite(v.high) else math.inf)
 
 
 def rich_verdict(label: str, exponent: Estimate) -> Verdict:

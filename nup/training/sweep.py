@@ -24,7 +24,7 @@ bisected until the run that kills its worker runs alone; it is tried ``retries``
 before it is reported as failed (in ``"serial"`` a dying run takes the sweep with it, as
 there is no worker).  Runs are written to the cache as they finish, so a sweep killed
 outright resumes where it stopped, and its local workers exit with it, within a second even after
-SIGKILL (``_exit_with_parent``), instead of lingering as orphans.  A diverged run is a result like any other
+SIGKILL (``exit_with_parent``), instead of lingering as orphans.  A diverged run is a result like any other
 (``diverged``, ``diverged_step``).
 
 Threads.  A run's torch thread count is ``RunConfig.threads``, and its result depends on it in the last
@@ -47,7 +47,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -61,7 +61,8 @@ from nup.training.config import RunConfig, RunResult
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int
 
-__all__ = ["grid", "sweep", "worker_threads", "cores", "BACKENDS", "CONFIG_FIELDS"]
+__all__ = ["grid", "sweep", "parallel_map", "worker_threads", "cores", "exit_with_parent", "BACKENDS",
+           "CONFIG_FIELDS"]
 
 BACKENDS = ("loky", "serial", "dask")
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
@@ -256,7 +257,7 @@ def _run_one(index: int, config: RunConfig, cache: bool, cache_dir: str, marker_
 _WATCHDOG: threading.Thread | None = None
 
 
-def _exit_with_parent(parent_pid: int, poll_seconds: float = 0.2) -> None:
+def exit_with_parent(parent_pid: int, poll_seconds: float = 0.2) -> None:
     """Make this local worker process exit (``os._exit``) within ``poll_seconds`` of the death of
     ``parent_pid``, the process that drives the sweep, whatever killed it (SIGKILL included).
 
@@ -346,9 +347,9 @@ def _run_parallel(configs, client, n_jobs, cache, cache_dir, retries, bar) -> li
         pending = [i for i in pending if i not in outcomes]
     suspects: deque[list[int]] = deque()  # groups that were in flight when a worker died
     # With Dask, joblib uses every worker of the cluster; locally, n_jobs=1 would run in this process.
-    # Local workers exit with this process, even one killed with SIGKILL (_exit_with_parent).
+    # Local workers exit with this process, even one killed with SIGKILL (exit_with_parent).
     engine = (dict(backend="dask", client=client) if client is not None else
-              dict(backend="loky", initializer=_exit_with_parent, initargs=(os.getpid(),)))
+              dict(backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)))
     n_jobs = -1 if client is not None else max(n_jobs, 2)
     marker_root = tempfile.mkdtemp(prefix="nup-sweep-")
     try:
@@ -462,3 +463,28 @@ def _frame(configs: list[RunConfig], outcomes: list[_Outcome], columns=()) -> pd
     frame["diverged_step"] = per_run(diverged_step, "Int64")
     frame["error"] = per_run([o.error for o in outcomes], object)
     return frame
+
+
+def _threaded(fn, args):
+    from nup.training.loop import torch_threads
+
+    with torch_threads():
+        return fn(*args)
+
+
+def parallel_map(fn: Callable, tasks: Sequence[tuple], n_jobs: int = 1, desc: str | None = None) -> list:
+    """``[fn(*task) for task in tasks]``, in order, each call under ``nup.training.loop.THREADS`` torch
+    threads, in ``n_jobs`` worker processes (loky, whose workers exit with this process as ``sweep``'s
+    do); the results do not depend on ``n_jobs``.  For computations that are not training runs (spectra,
+    kernels); ``fn`` must be a module-level function (it is pickled by reference)."""
+    from nup.progress import progress
+
+    tasks = list(tasks)
+    if n_jobs == 1 or len(tasks) < 2:
+        return [_threaded(fn, t) for t in progress(tasks, desc=desc)]
+    import joblib
+
+    with joblib.parallel_config(backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)):
+        results = joblib.Parallel(n_jobs=n_jobs, return_as="generator")(
+            joblib.delayed(_threaded)(fn, t) for t in tasks)
+        return list(progress(results, total=len(tasks), desc=desc))
