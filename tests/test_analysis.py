@@ -148,3 +148,13 @@ def test_a_verdict_prints_the_threshold_it_is_decided_with():
     assert v.holds is True and v.statement == "slope within 0 +- 0.25" and v.n == 6
     with pytest.raises(ValueError, match="interval must be None"):
         compare("x", Estimate(1.0, 0.0, 2.0), (0.0, 2.0), "<", 3.0)
+
+
+def test_mean_curve_exponent_keeps_seeds_whole():
+    x = np.array([4.0, 8.0, 16.0])
+    offsets = np.exp(np.random.default_rng(0).normal(0, 1.0, (6, 1)))  # per-seed factors: the mean curve's shape
+    est = fits.mean_curve_exponent(x, offsets * x**0.5)                  # stays x^0.5 in every leave-one-out
+    assert est.value == pytest.approx(0.5) and est.interval == pytest.approx((0.5, 0.5)) and est.n == 6
+    assert math.isnan(fits.mean_curve_exponent(x, np.array([[1, 2, np.inf], [1, 2, 3.0]])).value)
+    with pytest.raises(ValueError, match="curves has shape"):
+        fits.mean_curve_exponent(x, np.ones((3, 2)))

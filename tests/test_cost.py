@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nup.core.cost import parameter_count, training_flops
+from nup.core.cost import matched_width, parameter_count, training_flops
 from nup.training.config import RunConfig
 
 
@@ -27,3 +27,10 @@ def test_training_flops_match_torchs_counter(parameterization, depth, width):
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+@pytest.mark.parametrize("depth, w", [(12, 100), (4, 37), (2, 5)])
+def test_matched_width_inverts_the_parameter_count(depth, w):
+    widths = lambda v: [784] + [v] * (depth - 1) + [10]  # noqa: E731
+    assert matched_width(parameter_count(widths(w)), depth, 784, 10) == w
+    assert matched_width(parameter_count(widths(w)) + 3, depth, 784, 10) == w  # the closest count

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nup.analysis.best_lr import extrapolate_log2_lr
+
 from nup.experiments import nup_depth_scaling as E
 
 KEYS = E.FAMILY_KEYS
@@ -59,7 +61,6 @@ def test_matched_width_and_parameter_counts():
     matched = counts[(counts.family == "matched_per_layer") & (counts.depth == 12)]
     w = matched.width.item()
     assert abs(matched.n_params.item() - nup12) <= 10 * 2 * w + 794  # the closest integer width
-    assert E.matched_width(10 * 100**2 + 794 * 100, 12) == 100
     const = counts[(counts.family == "ntk") & (counts.depth == 8)].n_params.item()
     assert const == 784 * 64 + 6 * 64 * 64 + 64 * 10
     # Same count for the residual network (a constant-width MLP's parameters) and SP.
@@ -88,7 +89,7 @@ def test_grids():
     assert E.initial_grid(p, "sp_he", [], 4) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
     assert E.initial_grid(p, "ntk", [(4, 1.2)], 8) == [0.0, 0.5, 1.0, 1.5, 2.0]
     # Two depths: the line through log2 depth; best rate -1 per doubling of depth.
-    assert E.extrapolate([4, 8], [1.0, 0.0], 16) == pytest.approx(-1.0)
+    assert extrapolate_log2_lr([4, 8], [1.0, 0.0], 16) == pytest.approx(-1.0)
     assert E.initial_grid(p, "ntk", [(4, 1.0), (8, 0.0)], 16) == [-2.0, -1.5, -1.0, -0.5, 0.0]
     assert E.initial_grid(p, "ntk", [(4, math.nan)], 8) == [-1.0, -0.5, 0.0, 0.5, 1.0]
 

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nup.analysis.best_lr import extrapolate_log2_lr
+
 from nup.analysis.stats import Estimate
 from nup.experiments import nup_width_scaling as E
 
@@ -80,7 +82,7 @@ def test_configs():
 def test_grids_extrapolate_in_log_width():
     p = params(lr_centers={**{k: 0.0 for k in KEYS}, "mup": -7.3})
     assert E.initial_grid(p, "mup", [], 8) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
-    assert E.extrapolate([8, 16], [0.0, 0.5], 64) == pytest.approx(1.5)  # +0.5 per doubling of m
+    assert extrapolate_log2_lr([8, 16], [0.0, 0.5], 64) == pytest.approx(1.5)  # +0.5 per doubling of m
     assert E.initial_grid(p, "mup", [(8, 0.0), (16, 0.5)], 64) == [0.5, 1.0, 1.5, 2.0, 2.5]
     assert E.initial_grid(p, "mup", [(8, math.nan)], 16) == [-8.5, -8.0, -7.5, -7.0, -6.5]
 

@@ -25,7 +25,10 @@ each cell, ``NaN`` or ``inf`` for a run that diverged.
   as a geometric mean over paired seeds with its t interval (``nup.analysis.stats.paired_log_ratio``).
   The statistic that decides transfer: it is 1 when the transferred rate is this depth's best, and it
   stays near 1 on a flat curve, where the argmin (and the slope) is noise.
-* ``grid_around``, ``widen``: grid construction on multiples of ``step``.
+* ``grid_around``, ``widen``: grid construction on multiples of ``step``; ``extrapolate_log2_lr`` and
+  ``next_grid``: the first grid at the next point of a sweep along depth or width, centred on the line
+  through the best rates so far in ``log2(point)`` (a rate that moves like a power of depth or width is
+  followed, and a rate that transfers stays put).
 
 Everything is deterministic given ``seed``.  ``nup.experiments.nup_depth_scaling`` uses it; other
 notebooks may.
@@ -45,7 +48,7 @@ from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.validation import check_int
 
 __all__ = ["BestLR", "log_loss_table", "best_log2_lr", "best_lr_bootstrap", "depth_slope", "transfer_regret",
-           "grid_around", "widen", "loss_table", "parabola_vertex"]
+           "grid_around", "widen", "loss_table", "parabola_vertex", "extrapolate_log2_lr", "next_grid"]
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,26 @@ def widen(log2_lrs, edge: str | None, points: int = 2, step: float = 0.5) -> lis
     if edge == "high":
         return [float(x[-1] + i * step) for i in range(1, points + 1)]
     raise ValueError(f"edge={edge!r} is not allowed; 'low', 'high' or None")
+
+
+def extrapolate_log2_lr(points, best, point: float) -> float:
+    """The best ``log2(lr)`` expected at ``point`` (a depth or a width): the last finite best rate, or the
+    least-squares line through the finite ones against ``log2(points)``; NaN when none is finite."""
+    good = [(x, b) for x, b in zip(points, best) if math.isfinite(b)]
+    if not good:
+        return math.nan
+    if len(good) == 1:
+        return good[0][1]
+    slope, intercept = np.polyfit(np.log2([x for x, _ in good]), [b for _, b in good], 1)
+    return float(slope * math.log2(point) + intercept)
+
+
+def next_grid(history, point: float, start: float, first_half_points: int, half_points: int,
+              step: float = 0.5) -> list[float]:
+    """The first grid of a family at ``point``: ``2*first_half_points + 1`` rates around ``start`` when
+    ``history`` (``[(point, best log2 lr)]`` so far) is empty, else ``2*half_points + 1`` rates around
+    ``extrapolate_log2_lr`` of the history (``start`` if that is not finite)."""
+    if not history:
+        return grid_around(start, first_half_points, step)
+    center = extrapolate_log2_lr([x for x, _ in history], [b for _, b in history], point)
+    return grid_around(center if math.isfinite(center) else start, half_points, step)

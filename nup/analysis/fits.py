@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.stats import Estimate
+from nup.analysis.stats import Estimate, jackknife_t
 from nup.validation import check_int
 
-__all__ = ["PowerLaw", "power_law", "bootstrap", "percentile_estimate", "Estimate", "power_law_bootstrap", "mean_bootstrap",
+__all__ = ["PowerLaw", "power_law", "mean_curve_exponent", "bootstrap", "percentile_estimate", "Estimate", "power_law_bootstrap", "mean_bootstrap",
            "ratio_bootstrap"]
 
 
@@ -48,6 +48,25 @@ def power_law(x, y) -> PowerLaw:
         raise ValueError("power_law needs at least two distinct x > 0 and finite y > 0")
     p, log_c = np.polyfit(np.log(x), np.log(y), 1)
     return PowerLaw(float(p), float(math.exp(log_c)))
+
+
+def mean_curve_exponent(x, curves) -> Estimate:
+    """Exponent ``p`` of ``mean over seeds of y ~ x^p`` with its jackknife-t interval over whole seeds
+    (``curves``: one row per seed, one column per ``x``; a seed's curve stays intact, so what a seed shares
+    across ``x``, e.g. its data draw, stays paired).  NaN, never a decided verdict, when a value is not
+    finite (a diverged run), fewer than two points or seeds, or a mean is not positive."""
+    x = np.asarray(x, dtype=float)
+    values = np.asarray(curves, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(x):
+        raise ValueError(f"curves has shape {values.shape}; it needs one row per seed and one column per x ({len(x)})")
+    if len(x) < 2 or len(values) < 2 or not np.isfinite(values).all():
+        return Estimate(math.nan, math.nan, math.nan, n=len(values), unit="seeds")
+
+    def exponent(v):
+        means = v.mean(axis=0)
+        return power_law(x, means).exponent if np.all(means > 0) else math.nan
+
+    return jackknife_t(values, exponent)
 
 
 def bootstrap(replicates, statistic: Callable, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:

@@ -10,11 +10,12 @@ input except the data's (``2 n (P - m_0 m_1)``); so a gradient step costs ``6 n 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from nup.validation import check_int
 
-__all__ = ["parameter_count", "training_flops"]
+__all__ = ["parameter_count", "training_flops", "matched_width"]
 
 
 def _check_widths(widths: Sequence[int]) -> list[int]:
@@ -34,3 +35,15 @@ def training_flops(widths: Sequence[int], n_samples: int) -> int:
     (forward ``2 n P``, backward ``4 n P`` less the data's gradient)."""
     check_int("n_samples", n_samples, minimum=1)
     return n_samples * (6 * parameter_count(widths) - 2 * widths[0] * widths[1])
+
+
+def matched_width(target: int, depth: int, d_in: int, d_out: int) -> int:
+    """The constant hidden width ``w`` whose ``depth``-layer MLP from ``d_in`` to ``d_out`` has the parameter
+    count closest to ``target``: ``(depth - 2) w^2 + (d_in + d_out) w`` (a control with as many parameters
+    as a network of growing widths)."""
+    check_int("target", target, minimum=1)
+    check_int("depth", depth, minimum=2)
+    a, b = depth - 2, check_int("d_in", d_in, minimum=1) + check_int("d_out", d_out, minimum=1)
+    w = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a) if a > 0 else target / b
+    candidates = [max(1, math.floor(w)), max(1, math.ceil(w))]
+    return min(candidates, key=lambda v: abs(a * v * v + b * v - target))

@@ -53,13 +53,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table,
+from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table, next_grid,
                                   transfer_regret, widen)
-from nup.analysis.fits import power_law
-from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
+from nup.analysis.fits import mean_curve_exponent
+from nup.analysis.stats import Estimate, paired_log_ratio
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
-from nup.core.cost import parameter_count, training_flops
+from nup.core.cost import matched_width, parameter_count, training_flops
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.progress import progress
 
@@ -147,19 +147,10 @@ def layer_widths(family: Family, depth: int, width: int) -> list[int]:
     return config.build_parameterization().widths(D_IN, D_OUT, depth, width)
 
 
-def matched_width(target: int, depth: int) -> int:
-    """The constant width ``w`` whose MLP at ``depth`` has the parameter count closest to ``target``:
-    ``(l - 2) w^2 + (m_0 + m_l) w``."""
-    a, b = depth - 2, D_IN + D_OUT
-    w = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a) if a > 0 else target / b
-    candidates = [max(1, math.floor(w)), max(1, math.ceil(w))]
-    return min(candidates, key=lambda v: abs(a * v * v + b * v - target))
-
-
 def family_widths(p) -> dict[str, int]:
     """The width argument of every family: ``m``, ``const_width`` or the matched width."""
     nup_params = parameter_count(layer_widths(FAMILIES["nup_per_layer"], p.depths[-1], p.base_width))
-    matched = matched_width(nup_params, p.depths[-1])
+    matched = matched_width(nup_params, p.depths[-1], D_IN, D_OUT)
     return {key: {"base": p.base_width, "const": p.const_width, "matched": matched}[f.width]
             for key, f in FAMILIES.items()}
 
@@ -236,24 +227,10 @@ def table(runs: pd.DataFrame, key: str, depth: int) -> tuple[np.ndarray, np.ndar
     return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
 
 
-def extrapolate(depths: list[int], best: list[float], depth: int) -> float:
-    """The next grid's centre: the last best rate, or the line through the best rates so far in log depth."""
-    good = [(d, b) for d, b in zip(depths, best) if math.isfinite(b)]
-    if not good:
-        return math.nan
-    if len(good) == 1:
-        return good[0][1]
-    slope, intercept = np.polyfit(np.log2([d for d, _ in good]), [b for _, b in good], 1)
-    return float(slope * math.log2(depth) + intercept)
-
-
 def initial_grid(p, key: str, history: list[tuple[int, float]], depth: int) -> list[float]:
     """The first grid of a family at ``depth``: around ``lr_centers[key]`` at the shallowest depth, else
     around the extrapolation of its best rates so far (see the module docstring)."""
-    if not history:
-        return grid_around(p.lr_centers[key], p.first_half_points, LR_STEP)
-    center = extrapolate([d for d, _ in history], [b for _, b in history], depth)
-    return grid_around(center if math.isfinite(center) else p.lr_centers[key], p.half_points, LR_STEP)
+    return next_grid(history, depth, p.lr_centers[key], p.first_half_points, p.half_points, LR_STEP)
 
 
 def run(p) -> dict:
@@ -384,16 +361,7 @@ def preact_exponent(changes: pd.DataFrame) -> Estimate:
     """Exponent ``p`` of ``mean over seeds of the hidden change ~ depth^p`` (``changes``: seeds x depths),
     jackknife-t over whole seeds (a seed is the same data draw at every depth); NaN (never True) when a
     run diverged or a depth is missing."""
-    depths = changes.columns.to_numpy(dtype=float)
-    values = changes.to_numpy(dtype=float)
-    if len(depths) < 2 or len(values) < 2 or not np.isfinite(values).all():
-        return Estimate(math.nan, math.nan, math.nan, n=len(values), unit="seeds")
-
-    def exponent(v):
-        means = v.mean(axis=0)
-        return power_law(depths, means).exponent if np.all(means > 0) else math.nan
-
-    return jackknife_t(values, exponent)
+    return mean_curve_exponent(changes.columns.to_numpy(dtype=float), changes.to_numpy(dtype=float))
 
 
 def losses_at_best(runs: pd.DataFrame, depth: int) -> dict[str, np.ndarray]:

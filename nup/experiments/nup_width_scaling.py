@@ -44,9 +44,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, transfer_regret, widen
-from nup.analysis.fits import power_law
-from nup.analysis.stats import Estimate, jackknife_t
+from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, next_grid, transfer_regret, widen
+from nup.analysis.fits import mean_curve_exponent
+from nup.analysis.stats import Estimate
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count
@@ -174,25 +174,10 @@ def table(runs: pd.DataFrame, key: str, axis: str, point: int, grid_only: bool =
     return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
 
 
-def extrapolate(points: list[int], best: list[float], point: int) -> float:
-    """The next grid's centre: the last best rate, or the line through the best rates so far in log width
-    (or log depth)."""
-    good = [(x, b) for x, b in zip(points, best) if math.isfinite(b)]
-    if not good:
-        return math.nan
-    if len(good) == 1:
-        return good[0][1]
-    slope, intercept = np.polyfit(np.log2([x for x, _ in good]), [b for _, b in good], 1)
-    return float(slope * math.log2(point) + intercept)
-
-
 def initial_grid(p, key: str, history: list[tuple[int, float]], point: int) -> list[float]:
     """The first grid of a family at ``point``: around ``lr_centers[key]`` at the first point, else around
     the extrapolation of its best rates so far."""
-    if not history:
-        return grid_around(p.lr_centers[key], p.first_half_points, LR_STEP)
-    center = extrapolate([x for x, _ in history], [b for _, b in history], point)
-    return grid_around(center if math.isfinite(center) else p.lr_centers[key], p.half_points, LR_STEP)
+    return next_grid(history, point, p.lr_centers[key], p.first_half_points, p.half_points, LR_STEP)
 
 
 def scan(p, keys: list[str], axis: str, points: list[int], fixed: int) -> tuple[pd.DataFrame, dict]:
@@ -326,16 +311,7 @@ def width_exponent(changes: pd.DataFrame) -> Estimate:
     """Exponent ``p`` of ``mean over seeds of the hidden change ~ m^p`` (``changes``: seeds x widths),
     jackknife-t over whole seeds (a seed is the same data draw at every width); NaN (never True) when a
     run diverged or a width is missing."""
-    widths = changes.columns.to_numpy(dtype=float)
-    values = changes.to_numpy(dtype=float)
-    if len(widths) < 2 or len(values) < 2 or not np.isfinite(values).all():
-        return Estimate(math.nan, math.nan, math.nan, n=len(values), unit="seeds")
-
-    def exponent(v):
-        means = v.mean(axis=0)
-        return power_law(widths, means).exponent if np.all(means > 0) else math.nan
-
-    return jackknife_t(values, exponent)
+    return mean_curve_exponent(changes.columns.to_numpy(dtype=float), changes.to_numpy(dtype=float))
 
 
 # ---------------------------------------------------------------------------- verdicts
