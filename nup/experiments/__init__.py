@@ -19,7 +19,12 @@ import importlib
 import pkgutil
 from types import ModuleType
 
-__all__ = ["module_for", "all_modules"]
+__all__ = ["module_for", "all_modules", "RUN_THREADS"]
+
+# Torch threads of every run a notebook makes.  A run's last bits depend on its thread count (see
+# nup.training.loop), so the notebooks pin it, and their committed outputs are the same on any machine;
+# a notebook's parallelism comes from its ``n_jobs`` worker processes instead.
+RUN_THREADS = 1
 
 
 def all_modules() -> dict[str, ModuleType]:

@@ -39,6 +39,7 @@ from nup.analysis.catapult import (PHASES, classify_phase, config_for_ratio, con
 from nup.analysis.fits import bootstrap
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.core.activations import ACTIVATIONS
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Choice, Float, Int, List, Schema
 from nup.progress import progress
 from nup.training.config import RunConfig
@@ -165,7 +166,7 @@ def network_config(p, parameterization: str, activation: str, depth: int, seed: 
     extra = dict(width=p.width) if parameterization == "ntk" else dict(width=p.nup_width, normalize="none")
     return RunConfig(parameterization=parameterization, activation=activation, depth=depth, n_train=p.n_train,
                      steps=p.steps, seed=seed, diagnostics=("ntk_lambda",), diagnostic_every=p.diagnostic_every,
-                     **extra)
+                     **extra, threads=RUN_THREADS)
 
 
 def networks(p) -> pd.DataFrame:
@@ -258,7 +259,7 @@ def examples(p, table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def eos_config(p, parameterization: str, activation: str, seed: int) -> RunConfig:
     return RunConfig(parameterization=parameterization, activation=activation, depth=p.depths[0], width=p.width,
                      n_train=p.n_train, steps=p.eos_max_steps, seed=seed, diagnostics=("sharpness",),
-                     diagnostic_every=p.eos_every, record_every=p.eos_every)
+                     diagnostic_every=p.eos_every, record_every=p.eos_every, threads=RUN_THREADS)
 
 
 def stop_point(steps, eta_sharpness, loss, window: int, flat: float = EOS_FLAT,

@@ -48,6 +48,7 @@ from nup.core.activations import ACTIVATIONS, leaky_relu
 from nup.core.device import resolve_device
 from nup.core.mlp import hidden_widths
 from nup.core.param import NTK
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Choice, Float, Int, List, Schema
 from nup.linalg.lanczos import lanczos
 from nup.linalg.tangent_kernel import NTKOperator, empirical_ntk, ntk_top_eigenvalue, ntk_trace
@@ -157,7 +158,7 @@ def run(p) -> dict:
 def run_config(p, activation: str, depth: int, width: int, seed: int, lr: float = 1.0) -> RunConfig:
     """The training run (and, with any ``lr``, the network and data of the spectra): NTK parameterization."""
     return RunConfig(parameterization="ntk", activation=activation, depth=depth, width=width, n_train=p.n_train,
-                     lr=lr, steps=p.steps, seed=seed)
+                     lr=lr, steps=p.steps, seed=seed, threads=RUN_THREADS)
 
 
 def output_block_top_eigenvalue(model, x, output: int = 0, tol: float = LANCZOS_TOL) -> float:

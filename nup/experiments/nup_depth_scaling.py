@@ -18,31 +18,30 @@ least 64; at width 16 the plain-GD rivals barely beat the zero predictor, so the
 noise), and νP keeps its own first hidden layer ``m`` (no handicap either way: the parameter counts and
 first hidden widths are printed side by side).
 
-Protocol.  Full-batch GD with MSE on ``n_train`` class-balanced Fashion-MNIST images, ``steps`` steps,
-``len(seeds)`` seeds; seed ``s`` is both the initialization seed and the data draw (``data_seed = s``), so
-the intervals include data variance, and every family and depth sees the same draw for a given seed
-(the unit of every interval is the seed; comparisons are paired by seed).  Depths run in increasing order.  At the shallowest depth each family starts from
-a grid of ``2*first_half_points + 1`` rates (``sqrt(2)`` apart) around ``lr_centers[family]``; at a
-deeper depth from ``2*half_points + 1`` rates around the extrapolation (in log depth) of its best rates
-so far.  Whenever a family's grid minimum (of the mean log-loss over seeds) sits at the grid's edge, two
-more rates are added beyond it and run (at most ``max_widen`` times).  The best rate is the vertex of a
-parabola through the minimum and its neighbours (``nup.analysis.best_lr``), its interval a bootstrap
-over seeds.  The rate transferred from the shallowest depth is run at every depth as an extra point
+Protocol. Full-batch GD with MSE on ``n_train`` class-balanced Fashion-MNIST images, ``steps`` steps,
+``len(seeds)`` seeds; seed ``s`` is both the initialization seed and the data draw (``data_seed = s``), so the
+intervals include data variance, and every family and depth sees the same draw for a given seed (the unit of
+every interval is the seed; comparisons are paired by seed). Depths run in increasing order. At the shallowest
+depth each family starts from a grid of ``2*first_half_points + 1`` rates (``sqrt(2)`` apart) around
+``lr_centers[family]``; at a deeper depth from ``2*half_points + 1`` rates around the extrapolation (in log
+depth) of its best rates so far. Whenever a family's grid minimum (of the mean log-loss over seeds) sits at
+the grid's edge, two more rates are added beyond it and run (at most ``max_widen`` times). The best rate is
+the vertex of a parabola through the minimum and its neighbours (``nup.analysis.best_lr``), its interval a
+bootstrap over seeds. The rate transferred from the shallowest depth is run at every depth as an extra point
 where the grid does not hold it (``in_grid = False``: not part of the fit).
 
 Verdicts (thresholds fixed before the runs, below; 95% jackknife-t intervals over seeds,
-``nup.analysis.stats``, each line printing its n): per family (1) *it trains*: its best loss at the
-shallowest depth is within ``TRAINS_FACTOR`` of the best family's (geometric mean over paired seeds); a
-family whose ratio is decided above it is reported as not comparable, and its transfer verdicts are left
-undecided;
-(2) *transfer* to every deeper depth: the regret of the rate transferred from the shallowest depth
-(the loss there over that depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``)
-is below ``REGRET_THRESHOLD`` at each (False when one depth's is decided above; the worst depth shown); (3) *depth-independent preactivation change*: at the transferred rate the
-exponent of the mean hidden ``|h_k(T) - h_k(0)|/|h_k(0)|`` against depth lies within
-``±PREACT_TOLERANCE``; (4) *it trains deep*: its best training loss at the deepest depth is below
-``LOSS_FACTOR`` times the best family's.  The slope of ``log best lr`` against ``log depth`` is reported
-(``slope_estimate``), not decided: on the flat loss curves of the normalized updates its argmin wanders
-by more than a grid step.
+``nup.analysis.stats``, each line printing its n): per family (1) *it trains*: its best loss at the shallowest
+depth is within ``TRAINS_FACTOR`` of the best family's (geometric mean over paired seeds); a family whose
+ratio is decided above it is reported as not comparable, and its transfer verdicts are left undecided; (2)
+*transfer* to every deeper depth: the regret of the rate transferred from the shallowest depth (the loss there
+over that depth's grid minimum, paired by seed, ``nup.analysis.best_lr.transfer_regret``) is below
+``REGRET_THRESHOLD`` at each (False when one depth's is decided above; the worst depth shown); (3) *depth-
+independent preactivation change*: at the transferred rate the exponent of the mean hidden
+``|h_k(T)-h_k(0)|/|h_k(0)|`` against depth lies within ``±PREACT_TOLERANCE``; (4) *it trains deep*: its best
+training loss at the deepest depth is below ``LOSS_FACTOR`` times the best family's. The slope of ``log best
+lr`` against ``log depth`` is reported (``slope_estimate``), not decided: on the flat loss curves of the
+normalized updates its argmin wanders by more than a grid step.
 """
 
 from __future__ import annotations
@@ -60,6 +59,7 @@ from nup.analysis.stats import Estimate, paired_log_ratio
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import matched_width, parameter_count, training_flops
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.progress import progress
 
@@ -182,8 +182,8 @@ def config_for(p, key: str, depth: int, log2_lr: float, seed: int, width: int):
         fields["base_width"] = width  # μP at its own base width: SP with He (EOC) init
     return RunConfig(**fields, activation=p.activation, depth=depth, width=width,
                      lr=2.0**log2_lr * lr_factor(family, depth, p.depths[0]), steps=p.steps, n_train=p.n_train,
-                     probe_size=p.n_train, seed=seed, data_seed=seed, diagnostics=("preactivations",), diagnostic_every=p.steps,
-                     record_every=p.steps)
+                     probe_size=p.n_train, seed=seed, data_seed=seed, diagnostics=("preactivations",),
+                     diagnostic_every=p.steps, record_every=p.steps, threads=RUN_THREADS)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -296,7 +296,7 @@ def coord_frame(p, widths: dict, transferred: dict) -> pd.DataFrame:
                 spec["base_width"] = widths[key]
             parts.append(coord_check({f.label: spec}, depths, [widths[key]], steps=p.coord_steps, seeds=p.seeds,
                                      n_jobs=p.n_jobs, activation=p.activation, n_train=p.n_train,
-                                     probe_size=p.n_train))
+                                     probe_size=p.n_train, threads=RUN_THREADS))
     frame = pd.concat(parts, ignore_index=True)
     return frame.assign(family=frame.label.map({f.label: k for k, f in FAMILIES.items()}))
 

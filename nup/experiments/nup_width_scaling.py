@@ -50,6 +50,7 @@ from nup.analysis.stats import Estimate
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.progress import progress
 
@@ -118,7 +119,8 @@ def config_for(p, key: str, depth: int, width: int, log2_lr: float, seed: int):
 
     return RunConfig(**spec(p, key), activation=p.activation, depth=depth, width=width, lr=2.0**log2_lr,
                      steps=p.steps, n_train=p.n_train, probe_size=p.n_train, seed=seed, data_seed=seed,
-                     diagnostics=("preactivations",), diagnostic_every=p.steps, record_every=p.steps)
+                     diagnostics=("preactivations",), diagnostic_every=p.steps, record_every=p.steps,
+                     threads=RUN_THREADS)
 
 
 def parameter_counts(p) -> pd.DataFrame:
@@ -242,7 +244,8 @@ def coord_frame(p, transferred: dict) -> pd.DataFrame:
         if math.isfinite(transferred[key]):
             parts.append(coord_check({f.label: dict(spec(p, key), lr=2.0 ** transferred[key])}, [p.depth],
                                      list(p.widths), steps=p.coord_steps, seeds=p.seeds, n_jobs=p.n_jobs,
-                                     activation=p.activation, n_train=p.n_train, probe_size=p.n_train))
+                                     activation=p.activation, n_train=p.n_train, probe_size=p.n_train,
+                                     threads=RUN_THREADS))
     frame = pd.concat(parts, ignore_index=True)
     return frame.assign(family=frame.label.map({f.label: k for k, f in FAMILIES.items()}))
 

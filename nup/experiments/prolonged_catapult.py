@@ -40,6 +40,7 @@ from nup.analysis.catapult import count_spikes, initial_eigenvalues
 from nup.analysis.fits import bootstrap, mean_bootstrap, ratio_bootstrap
 from nup.analysis.verdicts import Verdict, compare
 from nup.core.activations import ACTIVATIONS
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
 from nup.training.config import RunConfig
 from nup.training.sweep import sweep
@@ -106,7 +107,7 @@ def base_config(p, parameterization: str, seed: int) -> RunConfig:
     return RunConfig(parameterization=parameterization, activation=p.activation, depth=p.depth,
                      width=p.widths[parameterization], n_train=p.n_train, n_val=p.n_val, n_test=p.n_test,
                      steps=p.steps, seed=seed, probe_size=p.probe_size, diagnostic_every=p.diagnostic_every,
-                     diagnostics=("ntk_lambda", "ntk_motion", "ntk", "preactivations"))
+                     diagnostics=("ntk_lambda", "ntk_motion", "ntk", "preactivations"), threads=RUN_THREADS)
 
 
 def config(p, parameterization: str, seed: int, method: str, knob: float, lambda0: float) -> RunConfig:
