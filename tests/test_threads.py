@@ -83,3 +83,19 @@ def test_cache_key_keeps_earlier_results_and_separates_counts(restore_threads, t
     again = cache.run(RunConfig(**SMALL), cache_dir=tmp_path)
     assert again.extras["threads"] == first.extras["threads"] == 1
     pd.testing.assert_frame_equal(first.df, again.df, check_exact=True)
+
+
+def test_torch_threads_also_pins_the_blas_libraries():
+    """numpy's BLAS runs at the run's count inside torch_threads and at its own count again outside."""
+    import numpy  # noqa: F401  (loads the BLAS library threadpoolctl inspects)
+    from threadpoolctl import threadpool_info
+
+    from nup.training.loop import torch_threads
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = blas_threads()
+    with torch_threads(1):
+        assert set(blas_threads().values()) == {1}
+    assert blas_threads() == before

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from nup.core.device import resolve_device, resolve_dtype
 from nup.diagnostics import DIAGNOSTICS
@@ -56,6 +57,7 @@ THREADS = 1  # the count ``torch_threads()`` pins when given none (helpers outsi
 _threads_lock = threading.Lock()
 _threads_users = 0
 _threads_before: int | None = None
+_blas_limits = None  # threadpoolctl's handle while some run is inside torch_threads
 
 
 def resolve_threads(threads: int | None) -> int:
@@ -66,17 +68,21 @@ def resolve_threads(threads: int | None) -> int:
 
 @contextmanager
 def torch_threads(threads: int | None = None):
-    """Run the body under ``threads`` (default ``THREADS``) torch intra-op threads, then restore.
+    """Run the body under ``threads`` (default ``THREADS``) torch intra-op threads, and as many threads in
+    the BLAS libraries numpy and scipy load (OpenBLAS, MKL: threadpoolctl), then restore both.  The BLAS
+    pin matters as much as torch's: numpy's OpenBLAS splits work by its own thread count, so the last bits
+    of a numpy eigendecomposition otherwise follow the machine.
 
     ``torch.set_num_threads`` is process-wide, so concurrent users (runs in several Python threads
     of one process, e.g. a threaded Dask worker) share one count: the first in records the previous
     count, the last out restores it, and nobody restores it while another run is still inside.
     """
-    global _threads_users, _threads_before
+    global _threads_users, _threads_before, _blas_limits
     threads = THREADS if threads is None else check_int("threads", threads, minimum=1)
     with _threads_lock:
         if _threads_users == 0:
             _threads_before = torch.get_num_threads()
+            _blas_limits = threadpool_limits(limits=threads, user_api="blas")
         elif torch.get_num_threads() != threads:
             raise ValueError(f"threads={threads} is not allowed while another run in this process uses "
                              f"{torch.get_num_threads()} torch threads; runs in one process share one count")
@@ -88,8 +94,11 @@ def torch_threads(threads: int | None = None):
     finally:
         with _threads_lock:
             _threads_users -= 1
-            if _threads_users == 0 and torch.get_num_threads() != _threads_before:
-                torch.set_num_threads(_threads_before)
+            if _threads_users == 0:
+                _blas_limits.restore_original_limits()
+                _blas_limits = None
+                if torch.get_num_threads() != _threads_before:
+                    torch.set_num_threads(_threads_before)
 
 
 def load_data(config: RunConfig, device: torch.device, dtype: torch.dtype):
