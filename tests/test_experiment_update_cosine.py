@@ -12,7 +12,8 @@ from nup.experiments import update_cosine as e
 
 P = e.SCHEMA.validate(dict(depth=3, steps=40, n_train=32, probe_size=8, ntk_every=10, lrs=[0.1, 1.0], widths=[4, 8],
                            batch_sizes=[0, 8], label_noises=[0.0, 0.5], momenta=[0.9], plain_width=16,
-                           plain_lrs=[0.01, 0.1], plain_batch_size=8, seeds=[0, 1, 2, 3, 4], n_jobs=1))
+                           plain_lrs=[0.01, 0.1], plain_batch_size=8, seeds=[0, 1, 2, 3, 4], n_jobs=1,
+                           steer_lr=0.25, steer_width=4, steer_betas=[-1.0, 0.0, 1.0, 2.0]))
 
 
 
@@ -307,7 +308,9 @@ def test_diverged_and_collapsed_runs_are_left_out():
     (dict(steps=30), "steps=30"), (dict(ntk_every=20, steps=60), "steps=60"),
     (dict(batch_sizes=[0, 64]), "batch_sizes"), (dict(probe_size=64), "probe_size=64"), (dict(seeds=[0, 1]), "seeds"),
     (dict(momenta=[0.0]), "momenta"), (dict(lrs=[1.0, 0.1]), "lrs"), (dict(label_noises=[1.0]), "label_noises"),
-    (dict(plain_batch_size=100), "plain_batch_size"),
+    (dict(plain_batch_size=100), "plain_batch_size"), (dict(steer_betas=[-1.0, 1.0, 2.0]), "steer_betas"),
+    (dict(steer_betas=[0.0, 1.0, 2.0]), "steer_betas"), (dict(steer_betas=[-1.0, 0.0]), "steer_betas"),
+    (dict(steer_lr=0.0), "steer_lr"), (dict(steer_width=1), "steer_width"),
 ])
 def test_schema_refuses_bad_sizes(change, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -348,3 +351,136 @@ def test_example_runs_pick_the_lazy_end_and_the_two_nup_extremes():
     assert list(chosen.family) == [e.PLAIN, e.NORMALIZED, e.NORMALIZED] and (chosen.knob == "GD").all()
     assert chosen.lr.tolist() == [runs[runs.family == e.PLAIN].lr.min(), 0.1, 1.0]
     assert chosen.width.tolist()[1:] == [8, 4] and (chosen.seed == 0).all()
+
+
+# ------------------------------------------------------------------------------- the intervention
+
+BETAS = (-1.0, 0.0, 1.0, 2.0)
+
+
+def _intervention(shift=0.3, order=(0, 1, 2, 3), control_cos=0.0, control_ratio=1.0, seeds=range(5)):
+    """A synthetic intervention frame: per seed, the steered arm's mean cosine ``0.1 + shift * beta`` (plus a
+    per-seed offset and a tiny wiggle), each measure ranked over the betas by ``order`` (its ranks: 0..3), the
+    control at every non-zero beta with the unsteered cosine plus ``control_cos`` and every measure times
+    ``control_ratio``.  Every seed carries a large offset that pairing by seed must cancel."""
+    rows = []
+    for seed in seeds:
+        offset = 0.05 * seed
+        base = {m: 1.0 + seed for m in e.MEASURES}
+        for i, beta in enumerate(BETAS):
+            row = dict(arm=e.STEER, beta=beta, seed=seed, diverged=False, collapsed=False,
+                       mean_cos=0.1 + shift * beta + offset + 1e-4 * (seed % 2), final_loss=0.1, distance=2.0 + i,
+                       **{m: base[m] * (1 + order[i]) for m in e.MEASURES})
+            rows.append(row)
+        for beta in BETAS[2:] + BETAS[:1]:
+            rows.append(dict(arm=e.CONTROL, beta=beta, seed=seed, diverged=False, collapsed=False,
+                             mean_cos=0.1 + offset + control_cos + 1e-4 * (seed % 2), final_loss=0.1, distance=3.0,
+                             **{m: base[m] * (1 + order[1]) * control_ratio * (1 + 1e-4 * (seed % 2))
+                                for m in e.MEASURES}))
+    return e.with_per_distance(pd.DataFrame(rows))
+
+
+def _by_statement(verdicts, *words):
+    found = [v for v in verdicts if all(w in v.statement for w in words)]
+    assert len(found) >= 1, words
+    return found
+
+
+def test_intervention_table_spells_out_the_design():
+    configs, table = e.intervention_table(P)
+    assert len(configs) == (len(P.steer_betas) + len(P.steer_betas) - 1) * len(P.seeds) == len(table)
+    assert all(c.data_seed == c.seed for c in configs)  # every seed on its own data draw
+    assert all(c.lr == P.steer_lr and c.width == P.steer_width and c.normalize == "per_layer" for c in configs)
+    assert {(c.steer_mode, c.steer_beta) for c in configs} == (
+        {(e.STEER, b) for b in P.steer_betas} | {(e.CONTROL, b) for b in P.steer_betas if b})
+    assert list(table.columns) == ["arm", "beta", "seed"]
+
+
+def test_per_distance_divides_by_the_distance_and_is_nan_at_zero():
+    runs = pd.DataFrame({"distance": [2.0, 0.0], **{m: [4.0, 1.0] for m in e.MEASURES}})
+    out = e.with_per_distance(runs)
+    assert out.ntk_change_per_distance.iloc[0] == 2.0 and math.isnan(out.preact_change_per_distance.iloc[1])
+
+
+def test_paired_statistics_cancel_a_per_seed_offset():
+    frame = _intervention()
+    diff = e.paired_difference(frame, (e.STEER, 2.0), (e.STEER, 0.0), "mean_cos")
+    assert diff.value == pytest.approx(0.6) and diff.high - diff.low < 1e-9 and diff.n == 5
+    assert diff.unit == "paired seeds"
+    ratio = e.paired_ratio(_intervention(control_ratio=1.2), (e.CONTROL, 2.0), (e.STEER, 0.0), "ntk_change")
+    assert ratio.value == pytest.approx(1.2, rel=1e-3) and ratio.n == 5
+
+
+def test_follow_correlations_per_seed():
+    frame = _intervention(order=(0, 2, 1, 3))  # one swap among 4 arms: Spearman 0.8
+    assert e.follow_correlations(frame, "ntk_change").tolist() == pytest.approx([0.8] * 5)
+    assert e.follow_estimate(frame, "ntk_change").value == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("shift, holds", [(e.COSINE_SHIFT + 0.01, True), (e.COSINE_SHIFT - 0.01, False)])
+def test_the_manipulation_check_is_decided_at_its_threshold(shift, holds):
+    # the cosine moves by shift * |beta|: at beta = 2 twice, at beta = -1 once
+    verdicts = e.intervention_claims(_intervention(shift=shift))
+    lower = _by_statement(verdicts, "beta = -1 lowers the mean cosine")[0]
+    assert lower.holds is holds and lower.n == 5
+    assert f"more than {e.COSINE_SHIFT:g} " in lower.statement
+    assert _by_statement(verdicts, "beta = 2 raises the mean cosine")[0].holds is True
+
+
+@pytest.mark.parametrize("order, holds", [((0, 1, 3, 2), True), ((1, 0, 3, 2), True), ((0, 3, 1, 2), False),
+                                          ((3, 2, 1, 0), False)])
+def test_features_follow_the_set_cosine_decided_at_its_threshold(order, holds):
+    # Spearman over 4 arms: 0.8 (one swap), 0.6 (two adjacent swaps), 0.4 (a longer swap), -1 (reversed)
+    verdicts = e.intervention_claims(_intervention(order=order))
+    follow = _by_statement(verdicts, "rises with the realized mean cosine")
+    raw = [v for v in follow if "per unit distance" not in v.statement]
+    assert len(raw) == len(e.MEASURES) and len(follow) == 2 * len(e.MEASURES)
+    assert all(v.holds is holds for v in raw), [(v.estimate, v.low, v.high) for v in raw]
+    assert all(f"> {e.FOLLOW:g})" in v.statement and v.n == 5 for v in follow)
+
+
+@pytest.mark.parametrize("ratio, holds", [(1 + e.CONTROL_TOLERANCE - 0.01, True), (1 - e.CONTROL_TOLERANCE + 0.01, True),
+                                          (1 + e.CONTROL_TOLERANCE + 0.01, False),
+                                          (1 - e.CONTROL_TOLERANCE - 0.01, False)])
+def test_the_control_is_decided_at_its_tolerance(ratio, holds):
+    verdicts = e.intervention_claims(_intervention(control_ratio=ratio))
+    control = _by_statement(verdicts, "do not follow a direction change alone")
+    assert len(control) == len(e.MEASURES)
+    assert all(v.holds is holds for v in control), [(v.estimate, v.low, v.high) for v in control]
+    assert all(f"within {e.CONTROL_TOLERANCE:g} " in v.statement and "to 1," in v.statement for v in control)
+
+
+@pytest.mark.parametrize("shift, holds", [(e.CONTROL_COSINE - 0.01, True), (-(e.CONTROL_COSINE + 0.01), False)])
+def test_the_control_cosine_is_decided_at_its_tolerance(shift, holds):
+    verdict = _by_statement(e.intervention_claims(_intervention(control_cos=shift)), "leaves the mean cosine")[0]
+    assert verdict.holds is holds and f"within {e.CONTROL_COSINE:g} " in verdict.statement
+
+
+def test_claims_add_the_intervention_when_it_was_run():
+    frames = {**_frames(), "intervention": _intervention()}
+    verdicts = e.claims(frames, P)
+    assert len(verdicts) == 16 + 2 + 2 * len(e.MEASURES) + 1 + len(e.MEASURES)
+    statements = [v.statement for v in verdicts]
+    assert len(set(statements)) == len(statements) and not any("{" in s for s in statements)
+    assert all(v.holds is True for v in verdicts[16:])
+
+
+def test_usable_intervention_drops_failed_runs_and_their_seeds():
+    frame = _intervention()
+    frame.loc[(frame.seed == 3) & (frame.beta == 2.0) & (frame.arm == e.STEER), "diverged"] = True
+    kept = e.usable_intervention(frame)
+    assert 3 not in set(kept.seed) and set(kept.seed) == {0, 1, 2, 4}
+    summary = e.intervention_summary(kept)
+    assert (summary.n == 4).all() and len(summary) == len(BETAS) + len(BETAS) - 1
+
+
+def test_steering_sets_the_cosine_of_a_tiny_real_run(tmp_path, monkeypatch):
+    """The steered arm's realized mean cosine rises with beta; the control's stays near the unsteered run's."""
+    monkeypatch.setenv("NUP_RESULTS_DIR", str(tmp_path))
+    p = e.SCHEMA.validate({**P, "steps": 40, "seeds": [0, 1, 2], "steer_betas": [-1.0, 0.0, 2.0], "depth": 3})
+    frame = e.run_intervention(p)
+    steered = frame[frame.arm == e.STEER].groupby("beta").mean_cos.mean()
+    assert steered[-1.0] < steered[0.0] - 0.1 and steered[2.0] > steered[0.0] + 0.3
+    control = frame[frame.arm == e.CONTROL].groupby("beta").mean_cos.mean()
+    assert abs(control[2.0] - steered[0.0]) < 0.15
+    assert {"ntk_change_per_distance", "final_loss", "distance"} <= set(frame.columns)

@@ -31,8 +31,21 @@ module tests the hypothesis itself:
   with fixed-length steps a cosine held away from 0 gives ``|D_t| ~ t`` and a cosine near 0 gives
   ``~ sqrt(t)``.  It is shown (``reconstruct_distance``, ``constant_cosine_exponent``), not judged.
 
-Every verdict is decided by a 95% bootstrap interval over seeds (each seed's runs resampled as a
-block); the thresholds are the constants below, fixed before the full-size run.
+* **The intervention** (``run_intervention``): the correlations above cannot say whether the cosine
+  *explains* feature learning, because the knobs that move it also change what the gradient carries.
+  So the cosine is *set*: νP at one width (``steer_width``) and rate (``steer_lr``), each layer's step
+  of fixed length ``steer_lr`` but turned towards (``beta > 0``) or away from (``beta < 0``) its
+  cumulative update, ``u = -G_k/|G_k| + beta D_k/|D_k|`` (``NormalizedSGD``'s ``steer_beta``,
+  ``nup.core.optim``, "Steering"), over ``steer_betas``; the control turns the direction by the same
+  angle within the complement of ``D_k`` (``steer_mode="orthogonal_random"``), leaving each step's
+  cosine with ``D_k`` as it was.  Every seed has its own data draw (``data_seed = seed``).  Verdicts:
+  the manipulation moves the mean cosine (paired by seed against ``beta = 0``); the features follow the
+  realized cosine across the steered arms (a rank correlation per seed, averaged), raw and per unit
+  distance travelled from init; and the control leaves them unchanged (a paired ratio to ``beta = 0``).
+  These verdicts use jackknife-t intervals over seeds (``nup.analysis.stats``).
+
+The correlational verdicts are decided by a 95% bootstrap interval over seeds (each seed's runs
+resampled as a block); the thresholds are the constants below, fixed before the full-size run.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from nup.analysis.fits import Estimate, bootstrap
+from nup.analysis.stats import mean_interval, ratio_of_means
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.experiments.schema import Float, Int, List, Schema
 from nup.progress import progress
@@ -60,6 +74,10 @@ def _check_sizes(p) -> None:
     for b in p.batch_sizes:
         if b > p.n_train:
             raise ValueError(f"batch_sizes={list(p.batch_sizes)} is not allowed; each must be <= n_train = {p.n_train}")
+    betas = list(p.steer_betas)
+    if 0 not in betas or not any(b > 0 for b in betas) or not any(b < 0 for b in betas):
+        raise ValueError(f"steer_betas={betas} is not allowed; steer_betas must contain 0 (the unsteered arm), "
+                         "a negative and a positive beta")
 
 
 SCHEMA = Schema(
@@ -79,6 +97,10 @@ SCHEMA = Schema(
     Int("plain_width", minimum=2, help="the lazy reference: NTK parameterization, plain (S)GD"),
     List("plain_lrs", item=Float("plain_lr", positive=True), increasing=True, min_length=2),
     Int("plain_batch_size", minimum=1, help="the mini-batch of the plain SGD runs"),
+    Float("steer_lr", positive=True, help="the intervention: νP per-layer step length"),
+    Int("steer_width", minimum=2, help="the intervention: νP base width m"),
+    List("steer_betas", item=Float("steer_beta", minimum=-10.0, maximum=10.0), increasing=True, min_length=3,
+         help="the intervention: steering strengths, with 0, a negative and a positive one"),
     List("seeds", item=Int("seed", minimum=0), distinct=True, min_length=3),
     Int("n_jobs", minimum=1),
     checks=(_check_sizes,),
@@ -97,6 +119,13 @@ N_BOOT = 1000
 NORMALIZED, PLAIN = "νP, normalized", "NTK, plain (S)GD"
 DIAGNOSTICS = ("updates_every_step", "update_lags", "preactivations", "ntk")
 CHUNK = 48                  # runs per sweep call: each chunk is summarized and its raw rows dropped
+# The intervention (thresholds fixed before the full-size run):
+COSINE_SHIFT = 0.1          # (a) steering moves the mean cosine by more than 0.1 from the unsteered run's
+FOLLOW = 0.5                # (b) features follow the set cosine: rank correlation over the arms above 0.5
+CONTROL_TOLERANCE = 0.1     # (c) the control leaves a feature measure within 10% of the unsteered run's
+CONTROL_COSINE = 0.05       # ... and the mean cosine within 0.05 of it
+STEER, CONTROL = "cumulative", "orthogonal_random"  # the two arms (RunConfig.steer_mode)
+PER_DISTANCE = {m: f"{m}_per_distance" for m in MEASURES}  # a measure divided by |D_T|, the distance from init
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -155,7 +184,43 @@ def run(p) -> dict:
         parts.append(summarize(df, p.depth, p.ntk_every))
     frames = {name: pd.concat([part[name] for part in parts], ignore_index=True) for name in parts[0]}
     frames["runs"] = table.join(frames["runs"].set_index("run")).rename_axis("run").reset_index()
+    frames["intervention"] = run_intervention(p)
     return frames
+
+
+def intervention_table(p) -> tuple[list, pd.DataFrame]:
+    """The intervention's ``RunConfig``s and key rows (arm, beta, seed): the steered arm at every beta
+    of ``steer_betas`` (beta = 0 is the unsteered run) and the control at every non-zero beta, each seed
+    on its own data draw."""
+    from nup.training.config import RunConfig
+
+    common = dict(parameterization="nup", normalize="per_layer", width=p.steer_width, lr=p.steer_lr, depth=p.depth,
+                  steps=p.steps, n_train=p.n_train, probe_size=p.probe_size, activation="relu",
+                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every)
+    arms = [(STEER, float(b)) for b in p.steer_betas] + [(CONTROL, float(b)) for b in p.steer_betas if b != 0]
+    configs, keys = [], []
+    for arm, beta in arms:
+        for seed in p.seeds:
+            configs.append(RunConfig(steer_beta=beta, steer_mode=arm, seed=seed, data_seed=seed, **common))
+            keys.append((arm, beta, seed))
+    return configs, pd.DataFrame(keys, columns=["arm", "beta", "seed"])
+
+
+def run_intervention(p) -> pd.DataFrame:
+    """One row per intervention run: its keys (``intervention_table``), the run summary of ``summarize``
+    and each measure per unit distance from init (``PER_DISTANCE``)."""
+    from nup.training.sweep import sweep
+
+    configs, table = intervention_table(p)
+    df = sweep(configs, n_jobs=p.n_jobs, progress=False)
+    runs = table.join(summarize(df, p.depth, p.ntk_every)["runs"].set_index("run")).rename_axis("run")
+    return with_per_distance(runs.reset_index())
+
+
+def with_per_distance(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with each measure divided by the distance from init ``|D_T|`` (NaN at distance 0)."""
+    distance = runs["distance"].where(runs["distance"] > 0)
+    return runs.assign(**{column: runs[m] / distance for m, column in PER_DISTANCE.items()})
 
 
 def summarize(df: pd.DataFrame, depth: int, ntk_every: int) -> dict:
@@ -502,6 +567,104 @@ def identity_error(frames: dict) -> float:
     return worst
 
 
+# ------------------------------------------------------------------------------- the intervention
+
+def usable_intervention(frame: pd.DataFrame) -> pd.DataFrame:
+    """The intervention runs that neither diverged nor collapsed, keeping only seeds with every arm."""
+    frame = frame[~frame.diverged.astype(bool) & ~frame.collapsed.astype(bool)]
+    arms = frame.groupby("seed")[["arm", "beta"]].apply(lambda d: len(set(zip(d.arm, d.beta))))
+    return frame[frame.seed.isin(arms.index[arms == arms.max()])] if len(arms) else frame
+
+
+def arm_values(frame: pd.DataFrame, arm: str, beta: float, column: str) -> pd.Series:
+    """``column`` of the ``arm`` at ``beta``, indexed by seed."""
+    rows = frame[(frame.arm == arm) & np.isclose(frame.beta, beta)]
+    return rows.set_index("seed")[column].sort_index()
+
+
+def _paired(frame: pd.DataFrame, a: tuple[str, float], b: tuple[str, float], column: str) -> tuple[np.ndarray, ...]:
+    pair = pd.concat([arm_values(frame, *a, column).rename("a"), arm_values(frame, *b, column).rename("b")],
+                     axis=1).dropna()
+    return pair.a.to_numpy(float), pair.b.to_numpy(float)
+
+
+def paired_difference(frame: pd.DataFrame, a: tuple[str, float], b: tuple[str, float], column: str) -> Estimate:
+    """The mean over seeds of ``column`` in arm ``a = (arm, beta)`` minus arm ``b``, paired by seed, with its
+    jackknife-t (Student t) interval (unit: paired seeds)."""
+    x, y = _paired(frame, a, b, column)
+    return mean_interval(x - y, unit="paired seeds")
+
+
+def paired_ratio(frame: pd.DataFrame, a: tuple[str, float], b: tuple[str, float], column: str) -> Estimate:
+    """``mean(column in a)/mean(column in b)`` over the seeds both have, jackknife-t over paired seeds."""
+    x, y = _paired(frame, a, b, column)
+    return ratio_of_means(x, y, paired=True)
+
+
+def follow_correlations(frame: pd.DataFrame, column: str, x: str = "mean_cos") -> pd.Series:
+    """Per seed, the rank correlation over the steered arms (every beta) of the realized ``x`` with
+    ``column`` (NaN for fewer than 3 arms or a constant series)."""
+    steered = frame[frame.arm == STEER]
+    return steered.groupby("seed")[[x, column]].apply(
+        lambda d: _association(d[x].to_numpy(float), d[column].to_numpy(float)))
+
+
+def follow_estimate(frame: pd.DataFrame, column: str, x: str = "mean_cos") -> Estimate:
+    """The mean over seeds of ``follow_correlations`` with its jackknife-t interval (unit: seeds)."""
+    return mean_interval(follow_correlations(frame, column, x).to_numpy(float))
+
+
+def intervention_summary(frame: pd.DataFrame, columns=None) -> pd.DataFrame:
+    """Per arm and beta: the mean over seeds of each column with its t interval (``<column>_low``,
+    ``<column>_high``) and the number of seeds ``n``."""
+    columns = columns or ["mean_cos", *MEASURES, *PER_DISTANCE.values(), "distance", "final_loss"]
+    rows = []
+    for (arm, beta), d in frame.groupby(["arm", "beta"], sort=True):
+        row = {"arm": arm, "beta": beta, "n": d.seed.nunique()}
+        for column in columns:
+            v = d[column].dropna().to_numpy(float)
+            est = mean_interval(v) if len(v) >= 2 else Estimate(float(np.mean(v)) if len(v) else math.nan,
+                                                                math.nan, math.nan)
+            row.update({column: est.value, f"{column}_low": est.low, f"{column}_high": est.high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def intervention_claims(frame: pd.DataFrame) -> list[Verdict]:
+    """The interventional verdicts (module docstring): (a) the manipulation check, (b) the features follow
+    the set cosine, (c) the control leaves the cosine and the features alone."""
+    frame = usable_intervention(frame)
+    betas = sorted(frame.beta.unique())
+    low, high = min(betas), max(betas)
+    base = (STEER, 0.0)
+    verdicts = []
+    up = paired_difference(frame, (STEER, high), base, "mean_cos")
+    verdicts.append(compare(f"setting the cosine moves it, steering with beta = {high:g} raises the mean cosine above "
+                            "the unsteered run's by more than {threshold} (paired by seed)", up, None, ">",
+                            COSINE_SHIFT))
+    down = paired_difference(frame, base, (STEER, low), "mean_cos")
+    verdicts.append(compare(f"setting the cosine moves it, steering with beta = {low:g} lowers the mean cosine below "
+                            "the unsteered run's by more than {threshold} (paired by seed)", down, None, ">",
+                            COSINE_SHIFT))
+    for kind, columns in (("", {m: m for m in MEASURES}), (" per unit distance from init", PER_DISTANCE)):
+        for measure, column in columns.items():
+            est = follow_estimate(frame, column)
+            verdicts.append(compare(f"when the cosine is set (beta from {low:g} to {high:g}), the {MEASURES[measure]}"
+                                    f"{kind} rises with the realized mean cosine (rank correlation over the arms, mean "
+                                    "over seeds > {threshold})", est, None, ">", FOLLOW))
+    top = max(b for b in betas if b != 0)
+    shift = paired_difference(frame, (CONTROL, top), base, "mean_cos")
+    verdicts.append(within(f"the control (direction turned as by beta = {top:g}, orthogonally to the cumulative "
+                           "update) leaves the mean cosine within {tolerance} of the unsteered run's (paired by "
+                           "seed)", shift, None, 0.0, CONTROL_COSINE))
+    for measure, name in MEASURES.items():
+        est = paired_ratio(frame, (CONTROL, top), base, measure)
+        verdicts.append(within(f"the features do not follow a direction change alone, the control at beta = {top:g} "
+                               f"leaves the {name} within {{tolerance}} of the unsteered run's (ratio of means to "
+                               "{target}, paired by seed)", est, None, 1.0, CONTROL_TOLERANCE))
+    return verdicts
+
+
 # -------------------------------------------------------------------------------------- verdicts
 
 def claims(frames: dict, p) -> list[Verdict]:
@@ -541,4 +704,6 @@ def claims(frames: dict, p) -> list[Verdict]:
     ratio = bootstrap(pair[["ntk_sgd", "ntk_gd"]].to_numpy(), lambda a: float(a[:, 0].mean() / a[:, 1].mean()), **boot)
     verdicts.append(within(f"at the lazy end, mini-batch noise leaves the NTK change unchanged (ratio within "
                            f"{LAZY_NTK_TOLERANCE:.0%} of 1)", ratio.value, ratio.interval, 1.0, LAZY_NTK_TOLERANCE))
+    if "intervention" in frames:
+        verdicts += intervention_claims(frames["intervention"])
     return verdicts
