@@ -390,6 +390,7 @@ def test_intervention_table_spells_out_the_design():
     configs, table = e.intervention_table(P)
     assert len(configs) == (len(P.steer_betas) + len(P.steer_betas) - 1) * len(P.seeds) == len(table)
     assert all(c.data_seed == c.seed for c in configs)  # every seed on its own data draw
+    assert all(c.threads == nup.experiments.RUN_THREADS for c in configs)  # pinned, as every notebook run
     assert all(c.lr == P.steer_lr and c.width == P.steer_width and c.normalize == "per_layer" for c in configs)
     assert {(c.steer_mode, c.steer_beta) for c in configs} == (
         {(e.STEER, b) for b in P.steer_betas} | {(e.CONTROL, b) for b in P.steer_betas if b})

@@ -59,6 +59,7 @@ from scipy.stats import spearmanr
 from nup.analysis.fits import Estimate, bootstrap
 from nup.analysis.stats import mean_interval, ratio_of_means
 from nup.analysis.verdicts import Verdict, compare, within
+from nup.experiments import RUN_THREADS
 from nup.experiments.schema import Float, Int, List, Schema
 from nup.progress import progress
 
@@ -147,7 +148,7 @@ def run_table(p) -> tuple[list, pd.DataFrame]:
     from nup.training.config import RunConfig
 
     common = dict(depth=p.depth, steps=p.steps, n_train=p.n_train, probe_size=p.probe_size, activation="relu",
-                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every)
+                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
     knobs = [(b, noise, 0.0) for b in p.batch_sizes for noise in p.label_noises] + [(0, 0.0, m) for m in p.momenta]
     configs, keys = [], []
     for width in p.widths:
@@ -196,7 +197,7 @@ def intervention_table(p) -> tuple[list, pd.DataFrame]:
 
     common = dict(parameterization="nup", normalize="per_layer", width=p.steer_width, lr=p.steer_lr, depth=p.depth,
                   steps=p.steps, n_train=p.n_train, probe_size=p.probe_size, activation="relu",
-                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every)
+                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
     arms = [(STEER, float(b)) for b in p.steer_betas] + [(CONTROL, float(b)) for b in p.steer_betas if b != 0]
     configs, keys = [], []
     for arm, beta in arms:
