@@ -12,6 +12,10 @@ Every notebook executes into a temporary file under ``build/running/`` and repla
 by a rename only when every cell ran without error: a kill, a crash or a failing cell leaves the
 previous notebook as it was (papermill rewrites its output file as it goes, so executing in place
 would leave it half-run).  papermill's timing metadata is stripped, so reruns give clean diffs.
+
+Kernels are shut down without the SIGINT that jupyter_client sends first (``QuietShutdownKernelManager``):
+after a clean notebook the kernel is idle, and that interrupt only made it log
+"[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel" when it landed inside a message handler.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -40,6 +45,20 @@ BUDGET_TOTAL_S = 60 * 60
 # What JupyterLab writes when it saves a notebook on the venv's ipykernel: committed notebooks carry exactly
 # this, so opening and autosaving one in `make lab` changes nothing.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+class QuietShutdownKernelManager(AsyncKernelManager):
+    """jupyter_client's kernel manager, except that shutting a kernel down does not interrupt it first.
+
+    ``shutdown_kernel`` sends SIGINT and then the shutdown request; an idle kernel needs no interrupt,
+    and one that arrives while the kernel handles a message is logged as an error ("KeyboardInterrupt
+    caught in kernel") although nothing failed.  A kernel still busy is killed after the shutdown
+    request's grace period, as before.  Interrupts outside a shutdown are unchanged."""
+
+    async def _async_interrupt_kernel(self) -> None:
+        if self.shutting_down:
+            return
+        await super()._async_interrupt_kernel()
 
 
 def strip_metadata(nb) -> None:
@@ -70,7 +89,7 @@ def execute(notebook: Path, output: Path, parameters: dict) -> None:
     running = RUNNING / f"{output.stem}.{os.getpid()}.ipynb"
     try:
         pm.execute_notebook(notebook, running, parameters=parameters, cwd=str(NOTEBOOKS), kernel_name="python3",
-                            progress_bar=False, log_output=False)
+                            progress_bar=False, log_output=False, kernel_manager_class=QuietShutdownKernelManager)
         nb = nbformat.read(running, as_version=4)
         strip_metadata(nb)
         nbformat.write(nb, running)

@@ -388,3 +388,39 @@ def test_fetch_copies_from_debian(fake_fetch, monkeypatch, tmp_path):
     monkeypatch.setattr(fetch, "debian_files", lambda: found)
     assert fetch.main(["--dest", str(dest)]) == 0 and calls == []
     assert all(fetch.verify(dest / f"{n}.gz", n) is None for n in payloads)
+
+
+def test_default_dir_is_the_checkout_for_an_editable_install_else_the_working_directory(tmp_path):
+    from nup.plotting import default_dir
+
+    checkout = tmp_path / "checkout"
+    (checkout / "nup").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'nup'\n")
+    site = tmp_path / "site-packages"
+    (site / "nup").mkdir(parents=True)
+    cwd = tmp_path / "work"
+    for name in ("results", "figures", "data"):
+        assert default_dir(name, checkout / "nup", cwd) == checkout / name
+        assert default_dir(name, site / "nup", cwd) == cwd / name
+    assert default_dir("results") == REPO_ROOT / "results"  # this checkout is an editable one
+
+
+def test_results_figures_and_data_dirs_follow_env_then_checkout_then_cwd(tmp_path, monkeypatch):
+    import nup.plotting
+    from nup.plotting import figures_dir
+    from nup.training.cache import results_dir
+
+    for var in ("NUP_RESULTS_DIR", "NUP_FIGURES_DIR", "NUP_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert (results_dir(), figures_dir(), data.data_dir()) == (
+        REPO_ROOT / "results", REPO_ROOT / "figures", REPO_ROOT / "data" / "fashion-mnist")
+    # installed into site-packages: no pyproject.toml beside the package folder
+    site = tmp_path / "site-packages" / "nup"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(nup.plotting, "__file__", str(site / "plotting.py"))
+    monkeypatch.chdir(tmp_path)
+    assert (results_dir(), figures_dir(), data.data_dir()) == (
+        tmp_path / "results", tmp_path / "figures", tmp_path / "data" / "fashion-mnist")
+    for var, name in (("NUP_RESULTS_DIR", "r"), ("NUP_FIGURES_DIR", "f"), ("NUP_DATA_DIR", "d")):
+        monkeypatch.setenv(var, str(tmp_path / name))
+    assert (results_dir(), figures_dir(), data.data_dir()) == (tmp_path / "r", tmp_path / "f", tmp_path / "d")

@@ -164,9 +164,32 @@ def verdict_table(verdicts: Iterable[Verdict], digits: int = 3) -> pd.DataFrame:
     return table.round({"estimate": digits, "low": digits, "high": digits})
 
 
-def show_verdicts(verdicts: Iterable[Verdict], digits: int = 3) -> None:
-    """Display ``verdict_table`` in a notebook with the statements in full (pandas would cut them)."""
+def show_verdicts(verdicts: Iterable[Verdict], digits: int = 3, width: int = 60) -> None:
+    """Display ``verdict_table`` in a notebook with the statements in full, wrapped: an HTML table whose
+    statement column wraps (``white-space: normal``, at most ~36em wide; JupyterLab and GitHub would
+    otherwise keep each statement on one line), and a plain-text table whose statements are wrapped at
+    ``width`` characters (for viewers that show ``text/plain``)."""
+    import html
+    import textwrap
+
     from IPython.display import display
 
-    with pd.option_context("display.max_colwidth", None, "display.width", 250):
-        display(verdict_table(verdicts, digits))
+    table = verdict_table(verdicts, digits)
+    cells = [["" if isinstance(x, float) and math.isnan(x) else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+              for x in row] for row in table.itertuples(index=False)]
+    columns = list(table.columns)
+    cell = "padding:0.25em 0.6em;vertical-align:top;"
+    style = {"statement": cell + "text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:18em;max-width:36em;"}
+    head = "".join(f'<th style="{style.get(c, cell + "text-align:right;")}">{html.escape(c)}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(f'<td style="{style.get(c, cell + "text-align:right;white-space:nowrap;")}">'
+                                    f"{html.escape(v)}</td>" for c, v in zip(columns, row)) + "</tr>" for row in cells)
+    markup = f'<table class="dataframe nup-verdicts"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    wrapped = [textwrap.wrap(row[0], width) or [""] for row in cells]
+    widths = [max([len(columns[0])] + [len(line) for lines in wrapped for line in lines])]
+    widths += [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns) if i > 0]
+    lines = ["  ".join([columns[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(columns[1:], widths[1:])]).rstrip()]
+    for row, statement in zip(cells, wrapped):
+        for k, part in enumerate(statement):
+            rest = [v.rjust(w) for v, w in zip(row[1:], widths[1:])] if k == 0 else []
+            lines.append("  ".join([part.ljust(widths[0])] + rest).rstrip())
+    display({"text/html": markup, "text/plain": "\n".join(lines)}, raw=True)

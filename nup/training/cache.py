@@ -3,7 +3,9 @@
 A run is keyed by a hash of its full configuration (with ``device="auto"`` resolved, and
 ``threads=None`` resolved to the count the run would use, ``torch.get_num_threads()``; a count of 1
 is left out of the key, as every run used 1 thread before ``RunConfig.threads`` existed) and the
-``nup`` version, and stored by ``joblib.Memory`` under ``results/`` (or ``$NUP_RESULTS_DIR``).
+``nup`` version, and stored by ``joblib.Memory`` under ``$NUP_RESULTS_DIR`` if set, else ``results/`` in
+the repository root when ``nup`` is an editable checkout (a ``pyproject.toml`` beside the package folder),
+else ``results/`` in the current working directory (``nup.plotting.default_dir``).
 joblib writes each result to a temporary file and renames it, so a killed run leaves a
 complete result or none; a result it cannot read is recomputed, with a warning.  After
 changing ``nup``'s numerics, bump ``nup.__version__`` or run ``make clean`` (which deletes ``results/``).
@@ -17,6 +19,7 @@ from pathlib import Path
 from joblib import Memory
 
 from nup.core.device import resolve_device
+from nup.plotting import default_dir
 from nup.training.config import RunConfig, RunResult
 from nup.training.loop import resolve_threads, train
 
@@ -24,8 +27,8 @@ __all__ = ["run", "is_cached", "results_dir"]
 
 
 def results_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "results"
-    return Path(os.environ.get("NUP_RESULTS_DIR", default))
+    """``$NUP_RESULTS_DIR`` if set, else ``default_dir("results")`` (the checkout's, or the working directory's)."""
+    return Path(os.environ.get("NUP_RESULTS_DIR") or default_dir("results"))
 
 
 def _config_from_key(values: dict) -> RunConfig:

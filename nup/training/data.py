@@ -2,6 +2,10 @@
 
 Fashion-MNIST files are put in place by ``make data`` / ``scripts/fetch_data.py``,
 which also verifies their SHA-256. This module only checks sizes, so loading stays fast.
+
+The files are read from ``$NUP_DATA_DIR`` if set, else ``data/fashion-mnist`` in the repository root when
+``nup`` is an editable checkout (a ``pyproject.toml`` beside the package folder), else
+``data/fashion-mnist`` in the current working directory (``nup.plotting.default_dir``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nup.plotting import default_dir
 from nup.validation import check_int
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO_ROOT / "data" / "fashion-mnist"
+# Value at import time (the working directory then, when nup is not an editable checkout); data_dir() re-resolves.
+DEFAULT_DATA_DIR = default_dir("data") / "fashion-mnist"
 # Value at import time; the loaders call data_dir() so a later NUP_DATA_DIR change is honoured.
 DATA_DIR = Path(os.environ.get("NUP_DATA_DIR") or DEFAULT_DATA_DIR)
 
@@ -48,8 +54,9 @@ _STATS: dict[Path, tuple[np.ndarray, float]] = {}
 
 
 def data_dir() -> Path:
-    """Directory holding the Fashion-MNIST files: $NUP_DATA_DIR if set, else data/fashion-mnist."""
-    return Path(os.environ.get("NUP_DATA_DIR") or DEFAULT_DATA_DIR)
+    """Directory holding the Fashion-MNIST files: $NUP_DATA_DIR if set, else ``data/fashion-mnist`` in the
+    checkout (editable install) or in the working directory (``nup.plotting.default_dir``)."""
+    return Path(os.environ.get("NUP_DATA_DIR") or default_dir("data") / "fashion-mnist")
 
 
 def default_device() -> torch.device:
