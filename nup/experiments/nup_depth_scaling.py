@@ -60,7 +60,7 @@ from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import matched_width, parameter_count, training_flops
 from nup.experiments import RUN_THREADS
-from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
+from nup.experiments.schema import Int, List, Schema, full_batch_fields, lr_grid_fields
 from nup.progress import progress
 
 NOTEBOOK = "03_nup_depth_scaling"
@@ -120,16 +120,8 @@ SCHEMA = Schema(
     Int("base_width", minimum=16, help="νP's base width m (hidden widths k^2 m); its first hidden layer"),
     Int("const_width", minimum=MIN_RIVAL_WIDTH, help="width of the constant-width and residual families: one "
         "where they train"),
-    Int("steps", minimum=1, help="T, full-batch GD steps"),
-    Int("n_train", minimum=8, help="class-balanced Fashion-MNIST training images"),
-    List("seeds", item=Int("seed", minimum=0), min_length=5, distinct=True,
-         help="initialization seeds and data draws; at least 5 (interval coverage)"),
-    Choice("activation", choices=tuple(ACTIVATIONS)),
-    Dict("lr_centers", keys=FAMILY_KEYS, value=Float("log2_lr"),
-         help="log2 of the centre of each family's first grid (shallowest depth)"),
-    Int("first_half_points", minimum=1, help="grid points on each side of the centre at the shallowest depth"),
-    Int("half_points", minimum=1, help="grid points on each side of the extrapolated optimum deeper"),
-    Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"),
+    *full_batch_fields(ACTIVATIONS),
+    *lr_grid_fields(FAMILY_KEYS, "the shallowest depth", "deeper"),
     Int("coord_steps", minimum=1, help="steps of the coordinate check"),
     Int("n_boot", minimum=100, help="bootstrap resamples of the seeds (the best-rate bars of the figure)"),
     Int("n_jobs", minimum=1),

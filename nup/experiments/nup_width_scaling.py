@@ -51,7 +51,7 @@ from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count
 from nup.experiments import RUN_THREADS
-from nup.experiments.schema import Choice, Dict, Float, Int, List, Schema
+from nup.experiments.schema import Int, List, Schema, full_batch_fields, lr_grid_fields
 from nup.progress import progress
 
 NOTEBOOK = "08_nup_width_scaling"
@@ -89,16 +89,8 @@ SCHEMA = Schema(
     List("depths", item=Int("depth", minimum=3), min_length=2, increasing=True,
          help="depths of the depth-transfer sweep of the νP update that keeps width transfer"),
     Int("depth_width", minimum=2, help="base width m of the depth-transfer sweep"),
-    Int("steps", minimum=1, help="T, full-batch GD steps"),
-    Int("n_train", minimum=8, help="class-balanced Fashion-MNIST training images"),
-    List("seeds", item=Int("seed", minimum=0), min_length=5, distinct=True,
-         help="initialization seeds and data draws; at least 5 (interval coverage)"),
-    Choice("activation", choices=tuple(ACTIVATIONS)),
-    Dict("lr_centers", keys=FAMILY_KEYS, value=Float("log2_lr"),
-         help="log2 of the centre of each family's first grid (smallest width, shallowest depth)"),
-    Int("first_half_points", minimum=1, help="grid points on each side of the centre at the first width/depth"),
-    Int("half_points", minimum=1, help="grid points on each side of the extrapolated optimum further on"),
-    Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"),
+    *full_batch_fields(ACTIVATIONS),
+    *lr_grid_fields(FAMILY_KEYS, "the smallest width, shallowest depth", "further on"),
     Int("coord_steps", minimum=1, help="steps of the coordinate check"),
     Int("n_jobs", minimum=1),
 )

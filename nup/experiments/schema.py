@@ -21,7 +21,8 @@ from types import MappingProxyType
 
 from nup.validation import range_text
 
-__all__ = ["Schema", "Params", "Param", "Int", "Float", "Bool", "Choice", "List", "Dict"]
+__all__ = ["Schema", "Params", "Param", "Int", "Float", "Bool", "Choice", "List", "Dict", "full_batch_fields", "lr_grid_fields",
+           "MIN_SEEDS"]
 
 
 def _reject(name: str, value, allowed: str):
@@ -222,3 +223,29 @@ class Schema:
         """One line per parameter: name, what is allowed, help."""
         return "\n".join(f"{p.name}: {p.describe()}" + (f"  ({p.help})" if p.help else "")
                          for p in self.params.values())
+
+
+# ---------------------------------------------------------------------------- fields several notebooks share
+
+MIN_SEEDS = 5  # interval coverage (nup.analysis.stats): no verdict rests on fewer seeds
+
+
+def full_batch_fields(activations) -> tuple[Param, ...]:
+    """``steps``, ``n_train``, ``seeds`` (at least ``MIN_SEEDS``, each also its own data draw) and
+    ``activation``: a full-batch GD protocol on class-balanced Fashion-MNIST (notebooks 03 and 08)."""
+    return (Int("steps", minimum=1, help="T, full-batch GD steps"),
+            Int("n_train", minimum=8, help="class-balanced Fashion-MNIST training images"),
+            List("seeds", item=Int("seed", minimum=0), min_length=MIN_SEEDS, distinct=True,
+                 help=f"initialization seeds and data draws; at least {MIN_SEEDS} (interval coverage)"),
+            Choice("activation", choices=tuple(activations)))
+
+
+def lr_grid_fields(family_keys, first: str, later: str) -> tuple[Param, ...]:
+    """``lr_centers`` (a log2 rate per family) and the grid sizes of a learning-rate sweep along an axis
+    (``nup.analysis.best_lr.next_grid``, widened at its edges): ``first`` names the first point of the axis,
+    ``later`` the others."""
+    return (Dict("lr_centers", keys=tuple(family_keys), value=Float("log2_lr"),
+                 help=f"log2 of the centre of each family's first grid ({first})"),
+            Int("first_half_points", minimum=1, help=f"grid points on each side of the centre at {first}"),
+            Int("half_points", minimum=1, help=f"grid points on each side of the extrapolated optimum {later}"),
+            Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"))
