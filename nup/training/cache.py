@@ -54,7 +54,6 @@ KEY_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "optimizer": "sgd", "n_val": 0, "f
 def _key(config: RunConfig):
     from nup.version import __version__
 
-    config.validate()
     values = config.as_dict()
     values["device"] = resolve_device(config.device).type
     values["threads"] = resolve_threads(config.threads)  # the last bits of a result depend on it

@@ -148,7 +148,6 @@ def _load_splits(config: RunConfig, device: torch.device, dtype: torch.dtype):
 
 def build_model_and_data(config: RunConfig):
     """``(model, x, y, x_test, y_test)``: the initialized model and the data ``train(config)`` starts from."""
-    config.validate()
     device, dtype = resolve_device(config.device), resolve_dtype(config.dtype)
     x, y, (x_test, y_test) = load_data(config, device, dtype)
     d_out = (len(config.classes) if config.classes else 10) if config.loss == "ce" else y.shape[1]
@@ -170,8 +169,8 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Op
 
 def train(config: RunConfig) -> RunResult:
     """Run one configuration under ``config.threads`` torch threads (``None``: the machine's default,
-    ``torch.get_num_threads()``); the count used is in ``extras["threads"]``.  See the module docstring."""
-    config.validate()
+    ``torch.get_num_threads()``); the count used is in ``extras["threads"]``.  See the module docstring.
+    ``config`` was validated when it was built (a ``RunConfig`` is frozen), so it is not checked again."""
     threads = resolve_threads(config.threads)
     with torch_threads(threads):
         result = _train(config)

@@ -194,11 +194,7 @@ def _validate_configs(configs) -> list[RunConfig]:
                 raise ValueError(f"configs[{i}]: {exc}") from None
         else:
             raise ValueError(f"configs[{i}]={item!r} is not a RunConfig or a dict of RunConfig fields")
-        try:
-            config.validate()  # a RunConfig may have been changed with object.__setattr__
-        except ValueError as exc:
-            raise ValueError(f"configs[{i}]: {exc}") from None
-        out.append(config)
+        out.append(config)  # validated once, when it was built (RunConfig is frozen)
     return out
 
 
