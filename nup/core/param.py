@@ -103,7 +103,9 @@ class Parameterization:
         "fan_in": m_{k-1}, "fan_out": m_k, "multiplier": c_k}``; the last three are what
         ``NormalizedSGD(normalize="spectral")`` reads (other optimizers ignore them)."""
         check_positive("lr", lr)
-        lr_mults = getattr(model, "lr_mults", None) or [1.0] * model.depth
+        # The per-layer rates are this parameterization's rule for the model's shapes: the model carries no
+        # training rule of its own (``model.lr_mults`` is kept for the NTK's per-layer weights only).
+        lr_mults = [r.lr_mult for r in self.layer_rules(list(model.widths), model.activation)]
         return [{"params": [layer.weight], "lr": lr * m, "layer": k + 1, "name": f"layer{k + 1}",
                  "fan_in": layer.weight.shape[1], "fan_out": layer.weight.shape[0], "multiplier": c}
                 for k, (layer, m, c) in enumerate(zip(model.layers, lr_mults, model.multipliers))]

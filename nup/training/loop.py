@@ -160,11 +160,12 @@ def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Op
     """``optimizer="sgd"``: the parameterization's ``NormalizedSGD`` (its update mode, ``momentum``, and
     the steering options with ``steer_seed = config.seed``); ``"adam"``: ``torch.optim.Adam`` (betas 0.9,
     0.999) over the same per-layer groups, so per-layer rates carry over."""
+    parameterization = config.build_parameterization()  # the training rule comes from the config, not the model
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameterization.param_groups(model, config.lr), lr=config.lr)
+        return torch.optim.Adam(parameterization.param_groups(model, config.lr), lr=config.lr)
     steering = dict(steer_beta=config.steer_beta, steer_mode=config.steer_mode, steer_seed=config.seed) \
         if config.steer_beta else {}
-    return model.parameterization.optimizer(model, config.lr, momentum=config.momentum, **steering)
+    return parameterization.optimizer(model, config.lr, momentum=config.momentum, **steering)
 
 
 def train(config: RunConfig) -> RunResult:
