@@ -190,7 +190,7 @@ def test_run_table_spells_out_the_design():
         assert config.lr == pytest.approx(row.lr * (1 - row.momentum)) and config.momentum == row.momentum
         assert config.batch_size == (row.batch_size or None) and config.label_noise == row.label_noise
         assert config.normalize == ("per_layer" if row.family == e.NORMALIZED else None)
-        assert set(e.DIAGNOSTICS) <= set(config.diagnostics) and config.diagnostic_every == P.ntk_every
+        assert set(e.RECORDED_DIAGNOSTICS) <= set(config.diagnostics) and config.diagnostic_every == P.ntk_every
 
 
 def _fake_sweep():
@@ -233,7 +233,7 @@ def test_summarize_reads_the_right_rows():
 def test_summarize_on_a_tiny_real_run():
     """The summaries of a real training run equal the recorded rows they summarize."""
     config = nup.RunConfig(parameterization="nup", normalize="per_layer", dataset="teacher", n_train=16, depth=3,
-                           width=3, steps=24, lr=0.05, probe_size=8, diagnostics=e.DIAGNOSTICS, diagnostic_every=6)
+                           width=3, steps=24, lr=0.05, probe_size=8, diagnostics=e.RECORDED_DIAGNOSTICS, diagnostic_every=6)
     df = nup.train(config).df.assign(run=0, diverged=False)
     out = e.summarize(df, depth=3, ntk_every=6)
     runs = out["runs"].iloc[0]

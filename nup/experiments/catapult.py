@@ -46,7 +46,7 @@ from nup.training.config import RunConfig
 from nup.training.sweep import sweep
 
 NOTEBOOK = "05_catapult"
-PARAMETERIZATIONS = ("ntk", "nup")  # "nup": νP's widths and init, trained by plain GD (normalize="none")
+COMPARED_PARAMETERIZATIONS = ("ntk", "nup")  # "nup": νP's widths and init, trained by plain GD (normalize="none")
 CELL = ["parameterization", "activation", "depth", "seed"]  # one network
 
 
@@ -171,7 +171,7 @@ def network_config(p, parameterization: str, activation: str, depth: int, seed: 
 
 def networks(p) -> pd.DataFrame:
     """Every scanned network with its ``lambda0`` and ``baseline`` (the loss of the best constant output)."""
-    keys = [(param, act, depth, seed) for param in PARAMETERIZATIONS for act in p.activations
+    keys = [(param, act, depth, seed) for param in COMPARED_PARAMETERIZATIONS for act in p.activations
             for depth in (p.depths if param == "ntk" else p.nup_depths) for seed in p.seeds]
     configs = [network_config(p, *key) for key in keys]
     table = pd.DataFrame(keys, columns=CELL)
@@ -422,7 +422,7 @@ def claims(frames: dict, p) -> list[Verdict]:
     verdicts.append(compare("the upper edge for relu lies above that for abs at every depth (both "
                             "parameterizations)", e.value, e.interval, ">", 1.0))
     ends = []
-    for param in PARAMETERIZATIONS:
+    for param in COMPARED_PARAMETERIZATIONS:
         depths = p.depths if param == "ntk" else p.nup_depths
         for act in p.activations:
             ends.append((_select(cells, parameterization=param, activation=act, depth=depths[0])[0],

@@ -118,7 +118,7 @@ MEASURES = {"ntk_change": "NTK change", "preact_change": "hidden preactivation c
             "alignment_gain": "gain in kernel-target alignment"}
 N_BOOT = 1000
 NORMALIZED, PLAIN = "νP, normalized", "NTK, plain (S)GD"
-DIAGNOSTICS = ("updates_every_step", "update_lags", "preactivations", "ntk")
+RECORDED_DIAGNOSTICS = ("updates_every_step", "update_lags", "preactivations", "ntk")
 CHUNK = 48                  # runs per sweep call: each chunk is summarized and its raw rows dropped
 # The intervention (thresholds fixed before the full-size run):
 COSINE_SHIFT = 0.1          # (a) steering moves the mean cosine by more than 0.1 from the unsteered run's
@@ -148,7 +148,7 @@ def run_table(p) -> tuple[list, pd.DataFrame]:
     from nup.training.config import RunConfig
 
     common = dict(depth=p.depth, steps=p.steps, n_train=p.n_train, probe_size=p.probe_size, activation="relu",
-                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
+                  diagnostics=RECORDED_DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
     knobs = [(b, noise, 0.0) for b in p.batch_sizes for noise in p.label_noises] + [(0, 0.0, m) for m in p.momenta]
     configs, keys = [], []
     for width in p.widths:
@@ -197,7 +197,7 @@ def intervention_table(p) -> tuple[list, pd.DataFrame]:
 
     common = dict(parameterization="nup", normalize="per_layer", width=p.steer_width, lr=p.steer_lr, depth=p.depth,
                   steps=p.steps, n_train=p.n_train, probe_size=p.probe_size, activation="relu",
-                  diagnostics=DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
+                  diagnostics=RECORDED_DIAGNOSTICS, diagnostic_every=p.ntk_every, threads=RUN_THREADS)
     arms = [(STEER, float(b)) for b in p.steer_betas] + [(CONTROL, float(b)) for b in p.steer_betas if b != 0]
     configs, keys = [], []
     for arm, beta in arms:
