@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.stats import Estimate, jackknife_t
+from nup.analysis.stats import Estimate, check_level, jackknife_t, replicate_data
 from nup.validation import check_int
 
 __all__ = ["PowerLaw", "power_law", "mean_curve_exponent", "bootstrap", "percentile_estimate", "Estimate", "power_law_bootstrap", "mean_bootstrap",
@@ -75,13 +75,9 @@ def bootstrap(replicates, statistic: Callable, n_boot: int = 2000, level: float 
     (resampled as a list).  A resample whose statistic is not finite is dropped; the interval is NaN if
     more than a tenth are."""
     check_int("n_boot", n_boot, minimum=10)
-    if not 0 < level < 1:
-        raise ValueError(f"level={level!r} is not allowed; level must be in (0, 1)")
-    is_list = isinstance(replicates, list)
-    data = replicates if is_list else np.asarray(replicates, dtype=float)
+    check_level(level)
+    data, is_list = replicate_data(replicates, "replicates")
     n = len(data)
-    if n < 2:
-        raise ValueError(f"bootstrap needs at least 2 replicates, got {n}")
     value = float(statistic(data))
     rng = np.random.default_rng(seed)
     stats = []

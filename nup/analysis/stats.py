@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "jackknife_t", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
+__all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
 
 UNITS = ("seeds", "paired seeds")
 
@@ -65,7 +65,7 @@ class Estimate:
         return Estimate(f(self.value), f(self.low), f(self.high), self.level, self.n, self.unit)
 
 
-def _check_level(level: float) -> None:
+def check_level(level: float) -> None:
     if not isinstance(level, (int, float)) or not 0 < level < 1:
         raise ValueError(f"level={level!r} is not allowed; level must be in (0, 1)")
 
@@ -79,18 +79,25 @@ def _nan(level: float, n: int, unit: str) -> Estimate:
     return Estimate(math.nan, math.nan, math.nan, level, n, unit)
 
 
+def replicate_data(replicates, unit: str = "seeds") -> tuple:
+    """``(data, is_list)``: a list of per-replicate objects as it is, anything else as a float array whose
+    rows are the replicates; at least 2 replicates (the ``unit`` names them in the error)."""
+    is_list = isinstance(replicates, list)
+    data = replicates if is_list else np.asarray(replicates, dtype=float)
+    if len(data) < 2:
+        raise ValueError(f"an interval needs at least 2 replicates ({unit}), got {len(data)}")
+    return data, is_list
+
+
 def jackknife_t(replicates, statistic: Callable, level: float = 0.95, unit: str = "seeds") -> Estimate:
     """``statistic(replicates)`` with its jackknife-t interval (module docstring).  ``replicates``: an
     array whose rows (axis 0) are the replicates, or a list of per-replicate objects; ``statistic``
     takes the same kind of container.  A non-finite statistic on all or on any leave-one-out sample gives
     a NaN estimate or interval (never a decided verdict)."""
-    _check_level(level)
+    check_level(level)
     _check_unit(unit)
-    is_list = isinstance(replicates, list)
-    data = replicates if is_list else np.asarray(replicates, dtype=float)
+    data, is_list = replicate_data(replicates, unit)
     n = len(data)
-    if n < 2:
-        raise ValueError(f"an interval needs at least 2 replicates ({unit}), got {n}")
     value = float(statistic(data))
     if not math.isfinite(value):
         return _nan(level, n, unit)
@@ -137,7 +144,7 @@ def ratio_of_means(numerator, denominator, paired: bool, level: float = 0.95) ->
             raise ValueError(f"paired samples must have equal length, got {len(a)} and {len(b)}")
         return jackknife_t(np.stack([a, b], axis=1), lambda s: float(np.mean(s[:, 0]) / np.mean(s[:, 1])), level,
                            "paired seeds")
-    _check_level(level)
+    check_level(level)
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"ratio_of_means needs at least 2 values in each sample, got {len(a)} and {len(b)}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or a.mean() <= 0 or b.mean() <= 0:
