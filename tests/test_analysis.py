@@ -158,3 +158,10 @@ def test_mean_curve_exponent_keeps_seeds_whole():
     assert math.isnan(fits.mean_curve_exponent(x, np.array([[1, 2, np.inf], [1, 2, 3.0]])).value)
     with pytest.raises(ValueError, match="curves has shape"):
         fits.mean_curve_exponent(x, np.ones((3, 2)))
+
+
+def test_seed_curves_pivots_runs_and_keeps_missing_points():
+    table = pd.DataFrame({"seed": [0, 0, 1], "depth": [4, 8, 4], "change": [1.0, 2.0, 3.0]})
+    curves = frames.seed_curves(table, "depth", "change", columns=[4, 8, 12])
+    assert list(curves.columns) == [4, 8, 12] and list(curves.index) == [0, 1]
+    assert curves.loc[0, 8] == 2.0 and np.isnan(curves.loc[1, 8]) and curves[12].isna().all()

@@ -10,6 +10,9 @@ These helpers answer the questions every notebook asks of it, written once:
   get ``NaN`` unless ``keep_diverged``.
 * ``series(frame, name, run, layer=0)``: one run's metric as a Series indexed by step.
 * ``config_columns(frame)``: the config fields that vary in the sweep.
+* ``seed_curves(table, x, value, columns)``: a per-run summary table as one row per seed and one column
+  per ``x`` (every point of ``columns``, NaN where a run is missing): the shape ``nup.analysis.fits.
+  mean_curve_exponent`` and the paired statistics take.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pandas as pd
 
 from nup.validation import check_choice
 
-__all__ = ["metric", "per_run", "series", "config_columns", "REDUCTIONS"]
+__all__ = ["metric", "per_run", "series", "config_columns", "seed_curves", "REDUCTIONS"]
 
 _RUN_COLUMNS = ("step", "metric", "layer", "value")
 _PER_RUN = ("diverged", "diverged_step", "error")
@@ -77,3 +80,10 @@ def series(frame: pd.DataFrame, name: str, run: int | None = None, layer: int = 
             raise ValueError(f"run={run!r} given but the frame has no 'run' column; pass run=None")
         rows = rows[rows["run"] == run]
     return rows.set_index("step")["value"].rename(name)
+
+
+def seed_curves(table: pd.DataFrame, x: str, value: str, columns=None, seed: str = "seed") -> pd.DataFrame:
+    """``value`` of a table with one row per run, as seeds (rows) by ``x`` (columns, reindexed to ``columns``
+    when given); the first value of a duplicated cell."""
+    curves = table.pivot_table(index=seed, columns=x, values=value, aggfunc="first")
+    return curves if columns is None else curves.reindex(columns=list(columns))

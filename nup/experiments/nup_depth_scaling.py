@@ -55,6 +55,7 @@ import pandas as pd
 from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table, next_grid,
                                   transfer_regret, widen)
 from nup.analysis.fits import mean_curve_exponent
+from nup.analysis.frames import seed_curves
 from nup.analysis.stats import Estimate, paired_log_ratio
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
@@ -344,9 +345,8 @@ def regrets(runs: pd.DataFrame, transferred: pd.Series) -> pd.DataFrame:
 def transferred_changes(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     """The hidden preactivation change per seed (rows) and depth (columns, every depth of the sweep) at the
     family's transferred rate; inf where a run diverged, NaN where a run is missing."""
-    d = runs[(runs.family == key) & runs.transferred]
-    t = d.pivot_table(index="seed", columns="depth", values="hidden_change", aggfunc="first")
-    return t.reindex(columns=sorted(runs.depth.unique()))
+    return seed_curves(runs[(runs.family == key) & runs.transferred], "depth", "hidden_change",
+                       sorted(runs.depth.unique()))
 
 
 def preact_exponent(changes: pd.DataFrame) -> Estimate:

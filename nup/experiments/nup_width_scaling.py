@@ -46,6 +46,7 @@ import pandas as pd
 
 from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, next_grid, transfer_regret, widen
 from nup.analysis.fits import mean_curve_exponent
+from nup.analysis.frames import seed_curves
 from nup.analysis.stats import Estimate
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
@@ -297,9 +298,7 @@ def transferred_changes(runs: pd.DataFrame, key: str) -> pd.DataFrame:
     """The hidden preactivation change per seed (rows) and width (columns) of the width sweep at the family's
     transferred rate; inf where a run diverged, NaN where a run is missing."""
     w = runs[runs.axis == "width"]
-    d = w[(w.family == key) & w.transferred]
-    t = d.pivot_table(index="seed", columns="width", values="hidden_change", aggfunc="first")
-    return t.reindex(columns=sorted(w.width.unique()))
+    return seed_curves(w[(w.family == key) & w.transferred], "width", "hidden_change", sorted(w.width.unique()))
 
 
 def width_exponent(changes: pd.DataFrame) -> Estimate:
