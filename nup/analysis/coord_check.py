@@ -153,7 +153,7 @@ def plot_coord_check(df: pd.DataFrame, x: str = "width", metric: str = "delta_rm
         raise ValueError(f"no rows with metric={metric!r} at step={step}; steps in df: {sorted(df.step.unique())}")
     labels = list(dict.fromkeys(df.label))
     if axes is None:
-        fig, axes = plt.subplots(1, len(labels), figsize=(2.8 * len(labels), 2.6), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(labels), figsize=(2.2 * len(labels), 2.6), sharey=True, squeeze=False)
         axes = axes[0]
     else:
         axes = np.atleast_1d(axes)
