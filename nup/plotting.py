@@ -155,11 +155,13 @@ def _inline_png(fig, name: str, file_png: bytes, file_dpi: int, dpi: int | None)
         dpi, readable = choose_inline_dpi(width_in, font_pt)
         if not readable:
             widest = MAX_INLINE_WIDTH_PX * font_pt / (MIN_DISPLAYED_PT * CSS_PX_PER_INCH)
-            warnings.warn(
+            # warn_explicit with a fixed location: the message a notebook shows names no temporary kernel
+            # file, so a committed notebook stays byte-identical across runs and machines.
+            warnings.warn_explicit(
                 f"figure {name!r} is {width_in:.1f} in wide: inline at most {MAX_INLINE_WIDTH_PX} px wide, its "
-                f"{font_pt:g}-pt text shows at {font_pt * dpi / CSS_PX_PER_INCH:.1f} pt (< {MIN_DISPLAYED_PT:g} pt); "
+                f"{font_pt:.3g}-pt text shows at {font_pt * dpi / CSS_PX_PER_INCH:.1f} pt (< {MIN_DISPLAYED_PT:g} pt); "
                 f"split it into rows of at most {widest:.1f} in (or use larger fonts, nup.plotting.style())",
-                FigureTooWideWarning, stacklevel=3)
+                FigureTooWideWarning, filename="nup.plotting.savefig", lineno=0, module="nup.plotting")
     return _render(fig, "png", dpi=dpi, metadata=_PNG_METADATA)
 
 

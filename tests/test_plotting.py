@@ -53,9 +53,11 @@ def test_inline_text_is_at_least_9pt_as_displayed(monkeypatch, tmp_path, width_i
 
 def test_a_figure_too_wide_to_be_readable_warns_with_its_name(monkeypatch, tmp_path):
     fig = _figure(15, 8.8)  # 15 in at 8.8 pt needs ~1470 px
-    with pytest.warns(plotting.FigureTooWideWarning, match="'wide_one'.*split it into rows"):
+    with pytest.warns(plotting.FigureTooWideWarning, match="'wide_one'.*split it into rows") as caught:
         png = _shown(monkeypatch, fig, "wide_one", tmp_path)
     assert _png_size(png)[0] <= plotting.MAX_INLINE_WIDTH_PX + 2
+    # Shown with a fixed location, never a temporary kernel file: committed notebooks stay byte-identical.
+    assert {(w.filename, w.lineno) for w in caught} == {("nup.plotting.savefig", 0)}
 
 
 def test_choose_inline_dpi():
