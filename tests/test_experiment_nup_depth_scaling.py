@@ -157,7 +157,7 @@ def test_claims_on_synthetic_runs():
         assert trains.holds is (key != "residual_gd") and trains.n == 5
         regret = next(v for s, v in by.items() if s.startswith(f"{f.label}, the rate tuned"))
         if key == "residual_gd":
-            assert regret.holds is None and "not comparable" in regret.statement
+            assert regret.holds is None and "not comparable" in regret.threshold
         else:
             assert regret.holds is (key not in slopes), (key, regret)
             assert regret.n == 5

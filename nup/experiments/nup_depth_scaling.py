@@ -406,9 +406,10 @@ def deep_loss_verdict(label: str, ratio: Estimate) -> Verdict:
 
 
 def _not_comparable(v: Verdict) -> Verdict:
-    """A family that does not train at the shallowest depth: its transfer is not judged."""
-    return Verdict(v.statement + " (not comparable, it does not train)", None, v.estimate, v.low, v.high,
-                   v.threshold, v.n, v.unit)
+    """A family that does not train at the shallowest depth: its transfer is not judged (undecided; the
+    reason is in the verdict table's threshold column, so the statement reads the same at every size)."""
+    return Verdict(v.statement, None, v.estimate, v.low, v.high, f"{v.threshold} (not comparable: does not train)",
+                   v.n, v.unit)
 
 
 def claims(frames: dict, p) -> list[Verdict]:
