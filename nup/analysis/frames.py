@@ -20,17 +20,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nup.training.sweep import RUN_COLUMNS
 from nup.validation import check_choice
 
 __all__ = ["metric", "per_run", "series", "config_columns", "seed_curves", "REDUCTIONS"]
 
-_RUN_COLUMNS = ("step", "metric", "layer", "value")
 _PER_RUN = ("diverged", "diverged_step", "error")
 REDUCTIONS = ("last", "first", "min", "max", "mean")
 
 
 def _check_frame(frame) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame) or not set(_RUN_COLUMNS) <= set(frame.columns):
+    if not isinstance(frame, pd.DataFrame) or not set(RUN_COLUMNS) <= set(frame.columns):
         raise ValueError("frame must be a long-format DataFrame with columns step, metric, layer, value "
                          "(nup.sweep(...) or RunResult.df)")
     return frame
@@ -39,7 +39,7 @@ def _check_frame(frame) -> pd.DataFrame:
 def config_columns(frame: pd.DataFrame) -> list[str]:
     """The config fields that vary in a sweep frame (the columns between ``run`` and ``step``)."""
     _check_frame(frame)
-    return [c for c in frame.columns if c not in (*_RUN_COLUMNS, *_PER_RUN, "run")]
+    return [c for c in frame.columns if c not in (*RUN_COLUMNS, *_PER_RUN, "run")]
 
 
 def metric(frame: pd.DataFrame, name: str, layer: int | None = 0) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
+__all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "fraction", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
 
 UNITS = ("seeds", "paired seeds")
 
@@ -154,3 +154,9 @@ def ratio_of_means(numerator, denominator, paired: bool, level: float = 0.95) ->
     var = a.var(ddof=1) / (len(a) * a.mean() ** 2) + b.var(ddof=1) / (len(b) * b.mean() ** 2)
     half = float(_scipy_stats.t.ppf((1 + level) / 2, min(len(a), len(b)) - 1)) * math.sqrt(var)
     return Estimate(value, value * math.exp(-half), value * math.exp(half), level, min(len(a), len(b)), "seeds")
+
+
+def fraction(mask) -> float:
+    """The share of True in ``mask`` (an "every seed" verdict holds at 1); NaN for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    return float(mask.mean()) if mask.size else math.nan

@@ -37,6 +37,7 @@ import pandas as pd
 from nup.analysis.catapult import (PHASES, classify_phase, config_for_ratio, constant_loss, initial_eigenvalues,
                                    largest_rise, window_edge)
 from nup.analysis.fits import bootstrap
+from nup.analysis.stats import fraction
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.experiments import RUN_THREADS
@@ -371,21 +372,16 @@ def _select(cells: list[tuple], **fixed) -> list[int]:
     return [i for i, cell in enumerate(cells) if all(cell[names.index(k)] == v for k, v in fixed.items())]
 
 
-def _fraction(mask) -> float:
-    mask = np.asarray(mask, dtype=bool)
-    return float(mask.mean()) if mask.size else math.nan
-
-
 def claims(frames: dict, p) -> list[Verdict]:
     runs, edges, eos = frames["runs"], frames["edges"], frames["eos_summary"]
     boot = dict(n_boot=N_BOOT, seed=0)
     verdicts = []
     # Every run: decided by the runs (the estimate is the fraction that satisfy the statement).
-    lazy_below = _fraction(runs[runs.ratio < STABILITY].phase == "lazy")
-    ordered = _fraction([phases_in_order(g.ratio, g.phase) for _, g in runs.groupby(CELL)])
-    spiked = _fraction([(g.phase == "catapult").any() for _, g in runs.groupby(CELL)])
+    lazy_below = fraction(runs[runs.ratio < STABILITY].phase == "lazy")
+    ordered = fraction([phases_in_order(g.ratio, g.phase) for _, g in runs.groupby(CELL)])
+    spiked = fraction([(g.phase == "catapult").any() for _, g in runs.groupby(CELL)])
     catapults = runs[runs.phase == "catapult"]
-    drops = _fraction(catapults.eta_lambda_min < STABILITY)
+    drops = fraction(catapults.eta_lambda_min < STABILITY)
     verdicts += [
         compare("below eta*lambda_0 = 2 every run is lazy (the loss decreases monotonically; every network)",
                 lazy_below, None, ">=", 1.0),
@@ -396,7 +392,7 @@ def claims(frames: dict, p) -> list[Verdict]:
         compare("in every catapult run eta*lambda_t drops below 2 after the spike", drops, None, ">=", 1.0),
     ]
     for act in p.activations:
-        ends = _fraction(catapults[catapults.activation == act].eta_lambda_end < STABILITY)
+        ends = fraction(catapults[catapults.activation == act].eta_lambda_end < STABILITY)
         verdicts.append(compare(f"in the catapult phase eta*lambda_t ends below 2 (every {act} run)", ends, None,
                                 ">=", 1.0))
     # The upper edge: geometric means over seeds, bootstrap over seeds.

@@ -38,6 +38,7 @@ import pandas as pd
 
 from nup.analysis.catapult import count_spikes, initial_eigenvalues
 from nup.analysis.fits import bootstrap, mean_bootstrap, ratio_bootstrap
+from nup.analysis.stats import fraction
 from nup.analysis.verdicts import Verdict, compare
 from nup.core.activations import ACTIVATIONS
 from nup.experiments import RUN_THREADS
@@ -287,11 +288,6 @@ def paired_difference(a: pd.Series, b: pd.Series, n_boot: int = N_BOOT):
     return mean_bootstrap((joined.a - joined.b).to_numpy(), n_boot=n_boot, seed=0)
 
 
-def _fraction(mask) -> float:
-    mask = np.asarray(mask, dtype=bool)
-    return float(mask.mean()) if mask.size else math.nan
-
-
 LABELS = {"geometric_ntk": "NTK curvature", "geometric_gradient": "gradient variant"}
 BASELINE_NAMES = {"constant": "constant rate", "warmup_cosine": "warmup+cosine", "warmup_constant": "warmup+constant"}
 PARAM_NAMES = {"nup": "νP", "ntk": "the NTK parameterization"}
@@ -299,7 +295,7 @@ PARAM_NAMES = {"nup": "νP", "ntk": "the NTK parameterization"}
 
 def _dynamics(g: pd.DataFrame, const: pd.DataFrame, which: str) -> list[Verdict]:
     """Spikes in every tenth, ``lambda_t`` falling and the NTK moving, for the schedule runs ``g`` (by seed)."""
-    every_tenth = _fraction(np.stack(g.spikes.to_numpy()) > 0)
+    every_tenth = fraction(np.stack(g.spikes.to_numpy()) > 0)
     falls = mean_bootstrap((g.lambda_q4 / g.lambda_q2).to_numpy(), n_boot=N_BOOT, seed=0)
     joined = pd.concat([g.path_q4.rename("geo"), const.path_q4.rename("const")], axis=1, join="inner")
     moves = ratio_bootstrap(joined.geo, joined.const, paired=True, n_boot=N_BOOT, seed=0)
@@ -321,9 +317,9 @@ def claims(frames: dict, p) -> list[Verdict]:
     settles = mean_bootstrap(const.eta_lambda_end.to_numpy(), n_boot=N_BOOT, seed=0)
     verdicts = [
         compare("with a constant rate in the catapult window the loss spikes in the first tenth of the run (every seed)",
-                _fraction(const.spikes.map(lambda s: s[0] >= 1)), None, ">=", 1.0),
+                fraction(const.spikes.map(lambda s: s[0] >= 1)), None, ">=", 1.0),
         compare("with a constant rate in the catapult window the loss never spikes after the first tenth of the run "
-                "(every seed)", _fraction(const.late_spikes == 0), None, ">=", 1.0),
+                "(every seed)", fraction(const.late_spikes == 0), None, ">=", 1.0),
         compare("with a constant rate eta*lambda_t settles at or below 2 (mean over seeds)", settles.value,
                 settles.interval, "<=", STABILITY),
     ]
@@ -331,18 +327,18 @@ def claims(frames: dict, p) -> list[Verdict]:
     loose = loose_runs(runs, p)
     verdicts += _dynamics(loose, const, "NTK curvature, loosest cap")
     verdicts.append(compare("under the NTK parameterization the schedule (NTK curvature, loosest cap) stays below its "
-                            "cap max_lr for the whole run (every seed)", _fraction(loose.cap_step.isna()), None, ">=", 1.0))
+                            "cap max_lr for the whole run (every seed)", fraction(loose.cap_step.isna()), None, ">=", 1.0))
     # The schedule as tuned on the validation split.
     verdicts += _dynamics(by_seed(runs, "ntk", "geometric_ntk"), const, "NTK curvature, tuned cap")
     gradient = by_seed(runs, "ntk", "geometric_gradient")
     verdicts.append(compare("with the geometric schedule (gradient variant, tuned cap) the loss spikes in every tenth "
                             "of the run (repeated catapults, every seed)",
-                            _fraction(np.stack(gradient.spikes.to_numpy()) > 0), None, ">=", 1.0))
+                            fraction(np.stack(gradient.spikes.to_numpy()) > 0), None, ">=", 1.0))
     for m in GEOMETRIC:
         for param in PARAMS:
             d = by_seed(runs, param, m)
             verdicts.append(compare(f"under {PARAM_NAMES[param]} the schedule ({LABELS[m]}, tuned cap) stays below its "
-                                    "cap max_lr for the whole run (every seed)", _fraction(d.cap_step.isna()), None,
+                                    "cap max_lr for the whole run (every seed)", fraction(d.cap_step.isna()), None,
                                     ">=", 1.0))
     # Does it help?  Test accuracy, paired by seed, against every tuned baseline.
     for param in PARAMS:

@@ -57,6 +57,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from nup.analysis.fits import Estimate, bootstrap
+from nup.analysis.ranks import average_ranks, control_residuals, partial_rank_correlation
 from nup.analysis.stats import mean_interval, ratio_of_means
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.experiments import RUN_THREADS
@@ -323,51 +324,6 @@ def reconstruct_distance(update_norm, cos) -> np.ndarray:
     return d
 
 
-def average_ranks(values) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank (``scipy.stats.rankdata``'s default, faster on the
-    small arrays that the bootstrap ranks thousands of times)."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="stable")
-    ordered = v[order]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(v)]
-    ranks = np.empty(len(v))
-    ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(first) - 1]
-    return ranks
-
-
-def partial_rank_correlation(x, y, cells=None, covariates=None) -> float:
-    """Rank correlation of ``x`` and ``y`` with the controls removed: the ranks of ``x`` and ``y``
-    (average ranks for ties) are regressed by least squares on one indicator per value of ``cells``
-    (any labels; an intercept if None) and on the ``covariates`` (columns, used as given), and the
-    residuals' Pearson correlation is returned.  NaN when a residual is constant."""
-    rx, ry = average_ranks(x), average_ranks(y)
-    residual = _residuals((rx, ry), cells, covariates)
-    scale = [np.sqrt(np.sum(r**2)) for r in residual]
-    if min(scale) <= 1e-9 * len(rx):
-        return math.nan
-    return float(np.sum(residual[0] * residual[1]) / (scale[0] * scale[1]))
-
-
-def _residuals(values, cells=None, covariates=None):
-    n = len(values[0])
-    if cells is None:
-        design = np.ones((n, 1))
-        codes = np.zeros(n, dtype=int)
-    else:
-        _, codes = np.unique(np.asarray(cells), return_inverse=True)
-        codes = codes.ravel()
-        design = np.eye(codes.max() + 1)[codes]
-    if covariates is None:  # least squares on indicators alone: subtract each cell's mean
-        counts = np.bincount(codes)
-        return [v - (np.bincount(codes, weights=v) / counts)[codes] for v in values]
-    if covariates is not None:
-        cov = np.asarray(covariates, dtype=float).reshape(n, -1)
-        design = np.column_stack([design, cov - cov.mean(0)])
-    return [v - design @ np.linalg.lstsq(design, v, rcond=None)[0] for v in values]
-
-
 CONTROLS = ("cell", "cell+step")
 
 
@@ -386,7 +342,7 @@ def partial_residuals(frame: pd.DataFrame, x: str, y: str, controls: str = "cell
     frame = frame.dropna(subset=[x, y, "mean_step"])
     cells, covariates = _controls(frame, controls)
     values = (average_ranks(frame[x].to_numpy(float)), average_ranks(frame[y].to_numpy(float)))
-    return tuple(_residuals(values, cells, covariates))
+    return tuple(control_residuals(values, cells, covariates))
 
 
 def fixed_step_statistic(frame: pd.DataFrame, x: str, y: str, controls: str = "cell"):

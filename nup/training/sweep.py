@@ -61,12 +61,12 @@ from nup.training.config import RunConfig, RunResult
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_choice, check_int
 
-__all__ = ["grid", "sweep", "parallel_map", "worker_threads", "cores", "exit_with_parent", "BACKENDS",
+__all__ = ["grid", "sweep", "parallel_map", "RUN_COLUMNS", "worker_threads", "cores", "exit_with_parent", "BACKENDS",
            "CONFIG_FIELDS"]
 
 BACKENDS = ("loky", "serial", "dask")
 CONFIG_FIELDS = tuple(f.name for f in fields(RunConfig))
-_RUN_COLUMNS = ["step", "metric", "layer", "value"]
+RUN_COLUMNS = ("step", "metric", "layer", "value")  # the long format of a run's frame
 
 
 # ----------------------------------------------------------------------------------- grid
@@ -437,7 +437,7 @@ def _frame(configs: list[RunConfig], outcomes: list[_Outcome], columns=()) -> pd
     parts = []
     for outcome in outcomes:
         if outcome.result is not None:
-            parts.append(outcome.result.df[_RUN_COLUMNS])
+            parts.append(outcome.result.df[list(RUN_COLUMNS)])
         else:  # one row that says so; step 0 keeps the column an integer
             parts.append(pd.DataFrame({"step": [0], "metric": ["failed"], "layer": [0], "value": [math.nan]}))
     lengths = [len(p) for p in parts]
