@@ -356,3 +356,16 @@ def test_schedule_configs():
     assert (plain.schedule, plain.momentum, plain.seed, plain.lr) == ("geometric", ex.SCHEDULE_MOMENTUM, 1, 0.5)
     assert options["probe_size"] == 128 and options["curvature"] == "hessian" and "anneal_steps" not in options
     assert dict(annealed.schedule_options)["anneal_steps"] == annealed.steps == 20
+
+
+def test_every_verdict_prints_the_threshold_it_is_decided_with():
+    """Each statement carries the number its verdict is decided against (filled from the same constant by
+    ``compare``): deciding at one threshold while printing another would fail here."""
+    import re
+
+    frames, p = synthetic_frames(trained_accuracy())
+    for v in ex.claims(frames, p):
+        decided = re.search(r"-?\d+(?:\.\d+)?", v.threshold).group(0)
+        assert re.search(rf"(?<![\d.]){re.escape(decided)}(?![\d.])", v.statement), (v.threshold, v.statement)
+    constants = {ex.TRAINED_ACCURACY, ex.MAX_REGRET, ex.MAX_GAP, ex.MAX_FLOP_RATIO, ex.MIN_SCHEDULE_GAIN}
+    assert {float(re.search(r"-?\d+(?:\.\d+)?", v.threshold).group(0)) for v in ex.claims(frames, p)} <= constants | {0.0}
