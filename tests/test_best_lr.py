@@ -166,3 +166,33 @@ def test_grid_around():
 def test_bad_arguments(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_tune_along_widens_follows_and_runs_the_transferred_rate():
+    """Family "flat" has its best rate at 0 at every depth; "moving" at -log2(depth/4).  Started two grid
+    steps from the optimum with one point either side, both grids must widen; the tuned rate at the first
+    depth is 0 for both, and it is run where a later grid does not hold it."""
+    from nup.analysis.best_lr import tune_along
+
+    best = {"flat": lambda d: 0.0, "moving": lambda d: -math.log2(d / 4)}
+    runs = []  # (key, depth, log2_lr, seed, in_grid)
+
+    def execute(depth, todo, in_grid):
+        runs.extend((key, depth, x, s, in_grid) for key, x, s in todo)
+
+    def table(key, depth):
+        xs = sorted({x for k, d, x, s, g in runs if k == key and d == depth and g})
+        return np.array(xs), np.vstack([parabolic(xs, best[key](depth))[0] for _ in range(2)])
+
+    transferred = tune_along([4, 8, 16], ["flat", "moving"], [0, 1], {"flat": 1.5, "moving": 1.5}, 1, 1, 3,
+                             execute, table)
+    assert transferred == {"flat": 0.0, "moving": 0.0}
+    first = sorted({x for k, d, x, s, g in runs if k == "flat" and d == 4})
+    assert first[0] <= -0.5 and 1.5 in first  # widened downwards from the start at 1.5
+    moved = {x for k, d, x, s, g in runs if k == "moving" and d == 16 and g}
+    assert min(moved) <= -2.0  # followed the moving optimum (-2 at depth 16)
+    extra = [(d, x) for k, d, x, s, g in runs if not g]
+    assert ("moving" in {k for k, d, x, s, g in runs if not g}) == bool(extra)
+    assert all(x == 0.0 for d, x in extra)
+    with pytest.raises(ValueError, match="start=.*missing \\['flat'\\]"):
+        tune_along([4], ["flat"], [0], {}, 1, 1, 0, execute, table)

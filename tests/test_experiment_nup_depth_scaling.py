@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nup.analysis.best_lr import extrapolate_log2_lr
+from nup.analysis.best_lr import extrapolate_log2_lr, next_grid
 
 from nup.experiments import nup_depth_scaling as E
 
@@ -86,12 +86,16 @@ def test_configs_follow_each_family_rule():
 
 def test_grids():
     p = params(lr_centers={**{k: 0.0 for k in KEYS}, "sp_he": -7.3})
-    assert E.initial_grid(p, "sp_he", [], 4) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
-    assert E.initial_grid(p, "ntk", [(4, 1.2)], 8) == [0.0, 0.5, 1.0, 1.5, 2.0]
+
+    def first_grid(key, history, point):  # the first grid a family gets at point (nup.analysis.best_lr)
+        return next_grid(history, point, p.lr_centers[key], p.first_half_points, p.half_points, E.LR_STEP)
+
+    assert first_grid("sp_he", [], 4) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
+    assert first_grid("ntk", [(4, 1.2)], 8) == [0.0, 0.5, 1.0, 1.5, 2.0]
     # Two depths: the line through log2 depth; best rate -1 per doubling of depth.
     assert extrapolate_log2_lr([4, 8], [1.0, 0.0], 16) == pytest.approx(-1.0)
-    assert E.initial_grid(p, "ntk", [(4, 1.0), (8, 0.0)], 16) == [-2.0, -1.5, -1.0, -0.5, 0.0]
-    assert E.initial_grid(p, "ntk", [(4, math.nan)], 8) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert first_grid("ntk", [(4, 1.0), (8, 0.0)], 16) == [-2.0, -1.5, -1.0, -0.5, 0.0]
+    assert first_grid("ntk", [(4, math.nan)], 8) == [-1.0, -0.5, 0.0, 0.5, 1.0]
 
 
 def test_table_keeps_the_grid_only():

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nup.analysis.best_lr import extrapolate_log2_lr
+from nup.analysis.best_lr import extrapolate_log2_lr, next_grid
 
 from nup.analysis.stats import Estimate
 from nup.experiments import nup_width_scaling as E
@@ -81,10 +81,14 @@ def test_configs():
 
 def test_grids_extrapolate_in_log_width():
     p = params(lr_centers={**{k: 0.0 for k in KEYS}, "mup": -7.3})
-    assert E.initial_grid(p, "mup", [], 8) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
+
+    def first_grid(key, history, point):  # the first grid a family gets at point (nup.analysis.best_lr)
+        return next_grid(history, point, p.lr_centers[key], p.first_half_points, p.half_points, E.LR_STEP)
+
+    assert first_grid("mup", [], 8) == [-9.0, -8.5, -8.0, -7.5, -7.0, -6.5, -6.0]
     assert extrapolate_log2_lr([8, 16], [0.0, 0.5], 64) == pytest.approx(1.5)  # +0.5 per doubling of m
-    assert E.initial_grid(p, "mup", [(8, 0.0), (16, 0.5)], 64) == [0.5, 1.0, 1.5, 2.0, 2.5]
-    assert E.initial_grid(p, "mup", [(8, math.nan)], 16) == [-8.5, -8.0, -7.5, -7.0, -6.5]
+    assert first_grid("mup", [(8, 0.0), (16, 0.5)], 64) == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert first_grid("mup", [(8, math.nan)], 16) == [-8.5, -8.0, -7.5, -7.0, -6.5]
 
 
 # ---------------------------------------------------------------------------- statistics

@@ -29,6 +29,11 @@ each cell, ``NaN`` or ``inf`` for a run that diverged.
   ``next_grid``: the first grid at the next point of a sweep along depth or width, centred on the line
   through the best rates so far in ``log2(point)`` (a rate that moves like a power of depth or width is
   followed, and a rate that transfers stays put).
+* ``tune_along(points, keys, ...)``: the whole protocol of notebooks 03 and 08 along one axis (depth or
+  width): at each point, each family's grid from ``next_grid``, run over the seeds, widened by two rates
+  while its minimum sits at an edge, its best rate recorded; the rate tuned at the first point is run at
+  every later point where the grid does not hold it.  The caller runs the configurations (``execute``)
+  and reads the tables back (``table``), so nothing here trains.
 
 Everything is deterministic given ``seed``.  ``nup.experiments.nup_depth_scaling`` uses it; other
 notebooks may.
@@ -48,7 +53,8 @@ from nup.analysis.stats import Estimate, jackknife_t, paired_log_ratio
 from nup.validation import check_int
 
 __all__ = ["BestLR", "log_loss_table", "best_log2_lr", "best_lr_bootstrap", "depth_slope", "transfer_regret",
-           "grid_around", "widen", "loss_table", "parabola_vertex", "extrapolate_log2_lr", "next_grid"]
+           "grid_around", "widen", "loss_table", "parabola_vertex", "extrapolate_log2_lr", "next_grid",
+           "tune_along"]
 
 
 @dataclass(frozen=True)
@@ -246,3 +252,44 @@ def next_grid(history, point: float, start: float, first_half_points: int, half_
         return grid_around(start, first_half_points, step)
     center = extrapolate_log2_lr([x for x, _ in history], [b for _, b in history], point)
     return grid_around(center if math.isfinite(center) else start, half_points, step)
+
+
+def tune_along(points, keys, seeds, start: Mapping[str, float], first_half_points: int, half_points: int,
+               max_widen: int, execute, table, step: float = 0.5, desc: str | None = None) -> dict[str, float]:
+    """Tune each family of ``keys`` at every point of ``points`` (see the module docstring) and return
+    ``{key: log2 lr tuned at points[0], rounded to the grid}`` (NaN where no run trained).
+
+    ``execute(point, todo, in_grid)`` runs ``todo = [(key, log2_lr, seed)]`` at ``point`` (``in_grid``: False
+    for the transferred rate outside the grid); ``table(key, point)`` returns that family's
+    ``(log2_lrs, losses)`` over its grid runs so far.  ``start[key]`` centres the first grid."""
+    from nup.progress import progress
+
+    points = list(points)
+    missing = [key for key in keys if key not in start]
+    if missing:
+        raise ValueError(f"start={dict(start)!r} is not allowed; it needs a log2 rate for every key (missing {missing})")
+    history: dict[str, list] = {key: [] for key in keys}
+    transferred: dict[str, float] = {}
+    for point in progress(points, desc=desc):
+        grids = {key: next_grid(history[key], point, start[key], first_half_points, half_points, step) for key in keys}
+        pending = dict(grids)
+        for round_ in range(max_widen + 1):
+            execute(point, [(key, x, s) for key, g in pending.items() for x in g for s in seeds], True)
+            pending = {}
+            for key in keys:
+                best = best_log2_lr(*table(key, point))
+                if best.edge is not None and round_ < max_widen:
+                    pending[key] = widen(grids[key], best.edge, 2, step)
+                    grids[key] = sorted(grids[key] + pending[key])
+            if not pending:
+                break
+        for key in keys:
+            best = best_log2_lr(*table(key, point)).value
+            history[key].append((point, best))
+            if point == points[0]:
+                transferred[key] = round(best / step) * step if math.isfinite(best) else math.nan
+        extra = [(key, transferred[key], s) for key in keys for s in seeds
+                 if math.isfinite(transferred[key]) and not any(math.isclose(transferred[key], x) for x in grids[key])]
+        if extra:
+            execute(point, extra, False)
+    return transferred

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table, next_grid,
-                                  transfer_regret, widen)
+from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table,
+                                  transfer_regret, tune_along)
 from nup.analysis.fits import mean_curve_exponent
 from nup.analysis.frames import seed_curves
 from nup.analysis.stats import Estimate, paired_log_ratio
@@ -220,50 +220,23 @@ def table(runs: pd.DataFrame, key: str, depth: int) -> tuple[np.ndarray, np.ndar
     return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
 
 
-def initial_grid(p, key: str, history: list[tuple[int, float]], depth: int) -> list[float]:
-    """The first grid of a family at ``depth``: around ``lr_centers[key]`` at the shallowest depth, else
-    around the extrapolation of its best rates so far (see the module docstring)."""
-    return next_grid(history, depth, p.lr_centers[key], p.first_half_points, p.half_points, LR_STEP)
-
-
 def run(p) -> dict:
     """Every family's learning-rate sweep over the depths (grids widened at their edges), the runs at the
     rate transferred from the shallowest depth, and the coordinate check."""
     widths = family_widths(p)
     parts: list[pd.DataFrame] = []
     layer_parts: list[pd.DataFrame] = []
-    history: dict[str, list] = {key: [] for key in FAMILIES}
-    transferred: dict[str, float] = {}
+    current: dict[str, pd.DataFrame] = {}  # the runs so far, concatenated once per executed batch
 
-    def execute(todo, in_grid):
-        r, lay = _sweep(p, todo, widths)
+    def execute(depth, todo, in_grid):
+        r, lay = _sweep(p, [(key, depth, x, s) for key, x, s in todo], widths)
         parts.append(r.assign(in_grid=in_grid))
         layer_parts.append(lay)
+        current["runs"] = pd.concat(parts, ignore_index=True)
 
-    for depth in progress(p.depths, desc="depths"):
-        grids = {key: initial_grid(p, key, history[key], depth) for key in FAMILIES}
-        pending = dict(grids)
-        for round_ in range(p.max_widen + 1):
-            execute([(key, depth, x, s) for key, g in pending.items() for x in g for s in p.seeds], True)
-            runs = pd.concat(parts, ignore_index=True)
-            pending = {}
-            for key in FAMILIES:
-                best = best_log2_lr(*table(runs, key, depth))
-                if best.edge is not None and round_ < p.max_widen:
-                    pending[key] = widen(grids[key], best.edge, 2, LR_STEP)
-                    grids[key] = sorted(grids[key] + pending[key])
-            if not pending:
-                break
-        for key in FAMILIES:
-            best = best_log2_lr(*table(runs, key, depth)).value
-            history[key].append((depth, best))
-            if depth == p.depths[0]:
-                transferred[key] = round(best / LR_STEP) * LR_STEP if math.isfinite(best) else math.nan
-        # The rate transferred from the shallowest depth, where the grid does not hold it.
-        extra = [(key, depth, transferred[key], s) for key in FAMILIES for s in p.seeds
-                 if math.isfinite(transferred[key]) and not any(math.isclose(transferred[key], x) for x in grids[key])]
-        if extra:
-            execute(extra, False)
+    transferred = tune_along(p.depths, list(FAMILIES), p.seeds, p.lr_centers, p.first_half_points, p.half_points,
+                             p.max_widen, execute, lambda key, depth: table(current["runs"], key, depth), LR_STEP,
+                             desc="depths")
     runs = pd.concat(parts, ignore_index=True)
     runs["label"] = runs.family.map({k: f.label for k, f in FAMILIES.items()})
     runs["lr"] = [2.0**x * lr_factor(FAMILIES[k], d, p.depths[0])

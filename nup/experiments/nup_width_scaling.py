@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, next_grid, transfer_regret, widen
+from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, transfer_regret, tune_along
 from nup.analysis.fits import mean_curve_exponent
 from nup.analysis.frames import seed_curves
 from nup.analysis.stats import Estimate
@@ -169,47 +169,23 @@ def table(runs: pd.DataFrame, key: str, axis: str, point: int, grid_only: bool =
     return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
 
 
-def initial_grid(p, key: str, history: list[tuple[int, float]], point: int) -> list[float]:
-    """The first grid of a family at ``point``: around ``lr_centers[key]`` at the first point, else around
-    the extrapolation of its best rates so far."""
-    return next_grid(history, point, p.lr_centers[key], p.first_half_points, p.half_points, LR_STEP)
-
-
 def scan(p, keys: list[str], axis: str, points: list[int], fixed: int) -> tuple[pd.DataFrame, dict]:
     """Each family in ``keys`` swept along ``axis`` (``"width"``: the widths at depth ``fixed``; ``"depth"``:
     the depths at base width ``fixed``), grids widened at their edges, plus the runs at the rate tuned at the
     first point.  Returns the runs (``in_grid``, ``transferred`` columns) and ``{family: transferred log2 lr}``."""
     parts: list[pd.DataFrame] = []
-    history: dict[str, list] = {key: [] for key in keys}
-    transferred: dict[str, float] = {}
+    current: dict[str, pd.DataFrame] = {}  # the runs so far, concatenated once per executed batch
 
     def where(point):
         return (fixed, point) if axis == "width" else (point, fixed)
 
-    for point in progress(points, desc=f"{axis}s"):
-        grids = {key: initial_grid(p, key, history[key], point) for key in keys}
-        pending = dict(grids)
-        for round_ in range(p.max_widen + 1):
-            todo = [(key, axis, *where(point), x, s) for key, g in pending.items() for x in g for s in p.seeds]
-            parts.append(_sweep(p, todo).assign(in_grid=True))
-            runs = pd.concat(parts, ignore_index=True)
-            pending = {}
-            for key in keys:
-                best = best_log2_lr(*table(runs, key, axis, point))
-                if best.edge is not None and round_ < p.max_widen:
-                    pending[key] = widen(grids[key], best.edge, 2, LR_STEP)
-                    grids[key] = sorted(grids[key] + pending[key])
-            if not pending:
-                break
-        for key in keys:
-            best = best_log2_lr(*table(runs, key, axis, point)).value
-            history[key].append((point, best))
-            if point == points[0]:
-                transferred[key] = round(best / LR_STEP) * LR_STEP if math.isfinite(best) else math.nan
-        extra = [(key, axis, *where(point), transferred[key], s) for key in keys for s in p.seeds
-                 if math.isfinite(transferred[key]) and not any(math.isclose(transferred[key], x) for x in grids[key])]
-        if extra:
-            parts.append(_sweep(p, extra).assign(in_grid=False))
+    def execute(point, todo, in_grid):
+        parts.append(_sweep(p, [(key, axis, *where(point), x, s) for key, x, s in todo]).assign(in_grid=in_grid))
+        current["runs"] = pd.concat(parts, ignore_index=True)
+
+    transferred = tune_along(points, keys, p.seeds, p.lr_centers, p.first_half_points, p.half_points, p.max_widen,
+                             execute, lambda key, point: table(current["runs"], key, axis, point), LR_STEP,
+                             desc=f"{axis}s")
     runs = pd.concat(parts, ignore_index=True)
     runs["transferred"] = [math.isclose(x, transferred[k]) for k, x in zip(runs.family, runs.log2_lr)]
     return runs, transferred
