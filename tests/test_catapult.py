@@ -106,6 +106,16 @@ def test_classify_phase():
     assert classify_phase(spike, lambda_ratio=0.1) == "catapult"
     assert classify_phase(spike, baseline=spike[-1]) == "divergent"  # no better than a constant output
     assert classify_phase(spike, baseline=2 * spike[-1]) == "catapult"
+    slow = np.linspace(2.0, 1.5, 100)  # no spike, merely slow: lazy even above a baseline (settle=1: came back)
+    assert classify_phase(slow, settle=1.0, baseline=1.0) == "lazy"
+    assert classify_phase(spike, accuracy=0.35, chance=0.1) == "catapult"
+    assert classify_phase(spike, accuracy=0.1, chance=0.1) == "divergent"  # ended at chance
+    assert classify_phase(spike, accuracy=math.nan, chance=0.1) == "divergent"
+    ended_above = spike.copy()
+    ended_above[-1] = 1.2 * spike[0]  # came down, then ended above its initial loss: never a catapult
+    assert classify_phase(ended_above, settle=1.0) == "divergent"
+    with pytest.raises(ValueError, match="chance"):
+        classify_phase(spike, accuracy=0.5)
     late = np.exp(-t / 20)
     late[90::2] *= 1.5  # oscillating at the end (Edge of Stability) still counts as settled
     assert classify_phase(late) == "catapult"

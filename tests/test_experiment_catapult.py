@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nup.analysis.catapult import classify_phase
 from nup.experiments import catapult as e
 
 BASE = dict(activations=["abs", "relu"], depths=[3, 8], width=16, nup_depths=[2, 3], nup_width=4, n_train=32,
@@ -19,20 +20,20 @@ BASELINE = 0.45
 
 # ---------------------------------------------------------------------------- phases of runs
 
-def test_run_phase_on_known_curves():
+def test_phase_rule_on_known_curves():
     steps = np.arange(50)
     lazy = 2.0 * 0.9 ** steps
-    assert e.run_phase(lazy, False, 0.5, BASELINE) == "lazy"
+    assert classify_phase(lazy, False, lambda_ratio=0.5, baseline=BASELINE) == "lazy"
     catapult = lazy.copy()
     catapult[3:6] = [5.0, 8.0, 3.0]  # a spike, then back down below the constant output's loss
-    assert e.run_phase(catapult, False, 0.3, BASELINE) == "catapult"
+    assert classify_phase(catapult, False, lambda_ratio=0.3, baseline=BASELINE) == "catapult"
     died = catapult.copy()
     died[6:] = BASELINE  # spiked, then stuck at the best constant output: died in the spike
-    assert e.run_phase(died, False, 0.3, BASELINE) == "divergent"
+    assert classify_phase(died, False, lambda_ratio=0.3, baseline=BASELINE) == "divergent"
     slow = np.linspace(2.0, 0.5, 50)  # no spike, merely slow: stays lazy although it ends above the baseline
-    assert e.run_phase(slow, False, 0.5, BASELINE) == "lazy"
-    assert e.run_phase(lazy[:10], True, math.nan, BASELINE) == "divergent"
-    assert e.run_phase(catapult, False, 1e-9, BASELINE) == "divergent"  # lambda_t collapsed: dead network
+    assert classify_phase(slow, False, lambda_ratio=0.5, baseline=BASELINE) == "lazy"
+    assert classify_phase(lazy[:10], True, lambda_ratio=math.nan, baseline=BASELINE) == "divergent"
+    assert classify_phase(catapult, False, lambda_ratio=1e-9, baseline=BASELINE) == "divergent"  # dead network
 
 
 def test_summarize_run_scales_lambda_by_the_ratio():

@@ -16,7 +16,8 @@ the two-layer linear model, about 12 reported for ReLU networks); far above, tra
 * ``spike_steps(loss, rise)`` / ``count_spikes``: where the loss jumps by a factor ``1 + rise`` above
   its running minimum (one count per excursion, however long).
 * ``largest_rise(loss)``: ``max_t loss_t / min_{s<t} loss_s - 1`` (0 for a monotone curve).
-* ``classify_phase(loss, diverged)``: ``"lazy"``, ``"catapult"`` or ``"divergent"`` (rules in its docstring).
+* ``classify_phase(loss, diverged, ...)``: ``"lazy"``, ``"catapult"`` or ``"divergent"``; the one phase rule of
+  notebooks 05 and 06 (rules in its docstring).
 * ``window_edge(ratios, phases)``: the bracket of the upper edge of the catapult window.
 
 The catapult diagnostics ``"ntk_lambda"`` (full-batch ``lambda_max`` of the NTK) and ``"ntk_motion"``
@@ -150,36 +151,47 @@ def largest_rise(loss: Sequence[float]) -> float:
 
 def classify_phase(loss: Sequence[float], diverged: bool = False, rise: float = 0.05, settle: float = 0.5,
                    blowup: float = 1e4, lambda_ratio: float | None = None, dead: float = 1e-6,
-                   baseline: float | None = None) -> str:
-    """The phase of a constant-learning-rate run from its loss curve (values in step order).
+                   baseline: float | None = None, accuracy: float | None = None,
+                   chance: float | None = None) -> str:
+    """The phase of a run from its loss curve (values in step order): the one phase rule of notebooks 05
+    and 06.
 
     * ``"divergent"``: the run diverged (``diverged``, a non-finite loss, or a loss above ``blowup``
       times the initial one), it did not come back (final loss not below ``settle`` times the
-      initial one), or it ended dead: ``lambda_ratio = lambda_end/lambda_0`` (if given) below
-      ``dead``, a ReLU network whose units all died after a blow-up (its output no longer depends
-      on the parameters, its loss that of a constant output), or it learned nothing: its final loss
-      is not below ``baseline`` (if given; e.g. ``constant_loss(config)``, the loss of the best
-      constant output);
+      initial one; ``settle = 1``: it ended above its initial loss), it ended dead
+      (``lambda_ratio = lambda_end/lambda_0``, if given, below ``dead``: a ReLU network whose units
+      all died after a blow-up), it ended at chance (``accuracy``, the final accuracy, not above
+      ``chance``, both given), or it spiked and came back no better than ``baseline`` (if given; e.g.
+      ``constant_loss(config)``, the loss of the best constant output): it died in its spike;
     * ``"lazy"``: otherwise, if the loss never rose by more than ``rise`` above its running minimum
-      (it decreased, nearly monotonically);
+      (it decreased, nearly monotonically).  A run without a spike that is merely slow stays lazy
+      even when it ends above ``baseline``;
     * ``"catapult"``: otherwise: it came back after at least one loss spike larger than ``rise``.
 
-    Oscillations late in a run (Edge-of-Stability behaviour) do not make a run divergent.
+    A divergent run is never a catapult, however long it spiked.  Oscillations late in a run
+    (Edge-of-Stability behaviour) do not make a run divergent.
     """
     values = _curve(loss)
     check_positive("rise", rise)
     check_positive("settle", settle)
     check_positive("blowup", blowup)
     check_positive("dead", dead)
+    if (accuracy is None) != (chance is None):
+        raise ValueError(f"accuracy={accuracy!r} and chance={chance!r}: pass both (the final accuracy and the "
+                         "accuracy of chance, e.g. 0.1 for ten balanced classes) or neither")
     if diverged or not np.isfinite(values).all() or values.max() > blowup * values[0]:
         return "divergent"
     if not values[-1] < settle * values[0]:
         return "divergent"
     if lambda_ratio is not None and not lambda_ratio >= dead:  # NaN counts as dead
         return "divergent"
+    if accuracy is not None and not accuracy > chance:  # NaN counts as chance
+        return "divergent"
+    if largest_rise(values) <= rise:
+        return "lazy"
     if baseline is not None and not values[-1] < baseline:
         return "divergent"
-    return "catapult" if largest_rise(values) > rise else "lazy"
+    return "catapult"
 
 
 def window_edge(ratios: Sequence[float], phases: Sequence[str]) -> tuple[float, float]:

@@ -10,7 +10,8 @@ reported for ReLU networks), divergent above.
   constant width; ``"nup"``: νP's network, ``k^2 m`` widths at the EOC, trained by plain GD, since the
   normalized update has no ``eta * lambda_0``), activation, depth and seed, a coarse grid of ratios, then
   ``bisection_rounds`` geometric bisections of the bracket of the upper edge.  Each run's phase comes
-  from its loss curve and ``lambda_t`` (``run_phase``).
+  from its loss curve and ``lambda_t`` (``nup.analysis.catapult.classify_phase``, the phase
+  rule notebook 06 shares).
 * **Examples**: one lazy, one catapult and one divergent run per activation (shallowest depth, NTK
   parameterization, first seed) with ``lambda_t`` and the sharpness.
 * **Edge of Stability** (Cohen et al. 2021): at ``eta * lambda_0 = eos_ratio < 2``, NTK parameterization
@@ -102,21 +103,7 @@ EOS_FLAT = 0.01                    # ... or the median of eta*sharpness moved by
 N_BOOT = 1000
 
 
-# ---------------------------------------------------------------------------- lambda_0 through the run cache
-
 # ---------------------------------------------------------------------------- phases of runs
-
-def run_phase(loss, diverged: bool, lambda_ratio: float, baseline: float) -> str:
-    """``nup.analysis.catapult.classify_phase`` (blow-up, no return below half the initial loss, or a
-    network whose ``lambda_t`` collapsed: divergent; no rise above 5%: lazy; else catapult), with one more
-    rule: a run that spiked and came back no better than the best constant output (``baseline``) died in
-    its spike and counts as divergent.  A run without a spike that is merely slow (deep networks learn
-    little beyond the constant in a few hundred steps) stays lazy."""
-    phase = classify_phase(loss, diverged, lambda_ratio=lambda_ratio)
-    if phase == "catapult" and not np.asarray(loss, dtype=float)[-1] < baseline:
-        return "divergent"
-    return phase
-
 
 def _finite_min(values) -> float:
     values = np.asarray(values, dtype=float)
@@ -130,7 +117,7 @@ def summarize_run(loss, lam, diverged: bool, lambda0: float, ratio: float, basel
     loss, lam = np.asarray(loss, dtype=float), np.asarray(lam, dtype=float)
     lambda_ratio = lam[-1] / lambda0 if len(lam) and not diverged else math.nan
     eta_lam = ratio * lam / lambda0
-    return dict(phase=run_phase(loss, diverged, lambda_ratio, baseline), rise=largest_rise(loss),
+    return dict(phase=classify_phase(loss, diverged, lambda_ratio=lambda_ratio, baseline=baseline), rise=largest_rise(loss),
                 final_loss=float(loss[-1]), eta_lambda_min=_finite_min(eta_lam[1:]),
                 eta_lambda_end=float(eta_lam[-1]) if len(lam) and not diverged else math.nan)
 
