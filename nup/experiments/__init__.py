@@ -1,16 +1,18 @@
-"""One module per notebook: its parameter schema, ``run(params) -> frames`` and ``claims(frames) -> verdicts``.
+"""One module per notebook: its parameter schema, ``run_experiment(params) -> frames`` and
+``claims(frames) -> verdicts``.
 
 Every experiment module defines
 
 * ``NOTEBOOK``: the notebook's file stem (``"01_edge_of_chaos"``);
 * ``SCHEMA``: a ``nup.experiments.schema.Schema`` of the notebook's parameters;
-* ``run(params) -> dict[str, DataFrame]``: the experiment at the sizes in ``params``;
+* ``run_experiment(params) -> dict[str, DataFrame]``: the notebook's whole experiment at the sizes in ``params``
+  (its training runs go through ``nup.run``, one cached run each);
 * ``claims(frames, params) -> list[Verdict]``: the verdicts, each with its threshold written next to
   its statement in the module (``nup.analysis.verdicts``).
 
-So a notebook reads: parameters, ``p = experiment.SCHEMA.validate(globals())``, ``frames =
-experiment.run(p)``, plots, ``verdicts = experiment.claims(frames, p)``, the table of numbers, and the
-claim cell ``print_claims(verdicts)``.  ``module_for(notebook)`` finds a notebook's module.
+So a notebook reads: parameters, ``p = experiment.SCHEMA.validate(globals())``,
+``frames = experiment.run_experiment(p)``, plots, ``verdicts = experiment.claims(frames, p)``, the table of
+numbers, and the claim cell ``print_claims(verdicts)``.  ``module_for(notebook)`` finds a notebook's module.
 """
 
 from __future__ import annotations

@@ -420,7 +420,7 @@ def _long_runs(p, chosen: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # ---------------------------------------------------------------------------- the experiment
 
-def run(p) -> dict:
+def run_experiment(p) -> dict:
     """Tune at the shallowest depth, transfer and re-tune at every deeper depth, run the geometric schedule
     and the long runs.  Frames: ``runs`` (one row per run), ``curves`` (mini-batch loss, rate and the
     schedule's eta and lambda over steps), ``choices`` (per family and depth), ``costs`` (counted),

@@ -220,7 +220,7 @@ def table(runs: pd.DataFrame, key: str, depth: int) -> tuple[np.ndarray, np.ndar
     return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
 
 
-def run(p) -> dict:
+def run_experiment(p) -> dict:
     """Every family's learning-rate sweep over the depths (grids widened at their edges), the runs at the
     rate transferred from the shallowest depth, and the coordinate check."""
     widths = family_widths(p)

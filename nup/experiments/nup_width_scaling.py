@@ -191,7 +191,7 @@ def scan(p, keys: list[str], axis: str, points: list[int], fixed: int) -> tuple[
     return runs, transferred
 
 
-def run(p) -> dict:
+def run_experiment(p) -> dict:
     """The width sweep of every family, the depth sweep of the νP update that keeps width transfer, and the
     coordinate check over width at each family's transferred rate."""
     width_runs, transferred = scan(p, list(FAMILIES), "width", list(p.widths), p.depth)
