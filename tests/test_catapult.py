@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nup.analysis import catapult
-from nup.analysis.catapult import (classify_phase, config_for_ratio, constant_loss, count_spikes, initial_ntk_eigenvalue,
-                          largest_rise, spike_steps, window_edge)
+from nup.analysis.catapult import (classify_phase, config_for_ratio, constant_loss, count_spikes, initial_eigenvalues,
+                                   initial_ntk_eigenvalue, largest_rise, spike_steps, window_edge)
 from nup.linalg.tangent_kernel import empirical_ntk
 from nup.training.config import RunConfig
 from nup.training.loop import load_data, train
@@ -38,15 +38,17 @@ def dense_lambda0(config: RunConfig) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_initial_ntk_eigenvalue_matches_the_dense_kernel_of_the_trained_model(seed):
     config = tiny(seed=seed)
-    assert initial_ntk_eigenvalue(config) == pytest.approx(dense_lambda0(config), rel=1e-4)
-    assert initial_ntk_eigenvalue(config, digits=12) == pytest.approx(dense_lambda0(config), rel=1e-6)
-    assert initial_ntk_eigenvalue(config) == float(f"{initial_ntk_eigenvalue(config):.5g}")
+    # Lanczos to a relative 1e-4, then 4 significant digits (at most 5e-4 relative): within 1e-3 of the dense kernel.
+    value = initial_ntk_eigenvalue(config)
+    assert value == pytest.approx(dense_lambda0(config), rel=1e-3)
+    assert value == float(f"{value:.4g}")
+    assert value == initial_eigenvalues([config, tiny(seed=seed + 7)])[0]  # one way to compute lambda_0
 
 
 def test_config_for_ratio_sets_eta_times_lambda0():
     config = tiny()
     lam = dense_lambda0(config)
-    assert config_for_ratio(config, 3.0).lr * lam == pytest.approx(3.0, rel=1e-4)
+    assert config_for_ratio(config, 3.0).lr * lam == pytest.approx(3.0, rel=1e-3)
     assert config_for_ratio(config, 2.0, lambda0=4.0).lr == 0.5
     with pytest.raises(ValueError, match="ratio"):
         config_for_ratio(config, 0.0)

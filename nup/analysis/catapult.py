@@ -9,9 +9,10 @@ training converges (*catapult*, Lewkowycz et al. 2020; the window ends at ``eta 
 the two-layer linear model, about 12 reported for ReLU networks); far above, training *diverges*.
 
 * ``initial_eigenvalues(configs)``: ``lambda_max(K_0)`` of many configs at once, as the step-0 ``ntk_lambda`` of cached 0-step
-  runs in parallel, rounded to 4 significant digits (notebooks 05 and 06 set their rates from it).
-* ``initial_ntk_eigenvalue(config)``: ``lambda_max(K_0)`` on the run's full training set, for the
-  very model ``nup.training.loop.train`` builds from ``config`` (same data, same seed).
+  runs in parallel (Lanczos to a relative tolerance of 1e-4), rounded to 4 significant digits (notebooks 05 and
+  06 set their rates from it).
+* ``initial_ntk_eigenvalue(config)``: the same for one config (the very model and data ``nup.training.loop.train``
+  starts from).
 * ``config_for_ratio(config, ratio)``: the config with ``lr = ratio / lambda_0``.
 * ``spike_steps(loss, rise)`` / ``count_spikes``: where the loss jumps by a factor ``1 + rise`` above
   its running minimum (one count per excursion, however long).
@@ -31,11 +32,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nup.linalg.tangent_kernel import ntk_top_eigenvalue
 from nup.training.config import RunConfig
 from nup.training.loop import build_model_and_data
 from nup.training.sweep import sweep
-from nup.validation import check_int, check_positive
+from nup.validation import check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "initial_eigenvalues", "config_for_ratio", "spike_steps", "count_spikes",
            "largest_rise", "classify_phase", "PHASES", "window_edge", "constant_loss"]
@@ -57,23 +57,17 @@ def initial_eigenvalues(configs: list[RunConfig], n_jobs: int = 1, digits: int =
     return [float(f"{values[i]:.{digits}g}") for i in range(len(configs))]
 
 
+def initial_ntk_eigenvalue(config: RunConfig) -> float:
+    """``lambda_max(K_0)`` of one config: ``initial_eigenvalues([config])[0]`` (the one way ``lambda_0`` is
+    computed, cached and rounded)."""
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
+    return initial_eigenvalues([config])[0]
+
+
 def _model_and_data(config: RunConfig):
     model, x, y, _, _ = build_model_and_data(config)
     return model, x, y
-
-
-def initial_ntk_eigenvalue(config: RunConfig, tol: float = 1e-6, max_iter: int = 500, digits: int = 5) -> float:
-    """``lambda_max(K_0)``, ``K_0 = J J^T/n`` over the full training set, of the model ``train(config)``
-    starts from (the NTK without per-layer learning-rate factors, i.e. the one that governs plain GD
-    with one learning rate), to ``digits`` significant digits."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config={config!r} is not a RunConfig; build one with nup.RunConfig(...)")
-    digits = check_int("digits", digits, minimum=1, maximum=17)
-    model, x, _ = _model_and_data(config)
-    result = ntk_top_eigenvalue(model, x, tol=tol, max_iter=max_iter)
-    # Rounded to `digits` significant digits: learning rates set from lambda_0 then do not change (nor miss the
-    # run cache) when the eigen-solver's last digits do.
-    return float(f"{float(result.value):.{digits}g}")
 
 
 def config_for_ratio(config: RunConfig, ratio: float, lambda0: float | None = None) -> RunConfig:
