@@ -8,7 +8,10 @@ import pytest
 from scipy import stats as scipy_stats
 
 from nup.analysis.fits import bootstrap
-from nup.analysis.stats import Estimate, jackknife_t, mean_interval, paired_log_ratio, ratio_of_means
+import pandas as pd
+
+from nup.analysis.stats import (Estimate, independent_ratio, jackknife_groups, jackknife_of_means, jackknife_t,
+                                mean_interval, mean_over_seeds, paired_log_ratio, ratio_of_means)
 
 SIMULATIONS = 2000
 SEED_COUNTS = (5, 8)  # the notebooks' verdicts rest on at least 5 seeds
@@ -109,3 +112,161 @@ def test_bad_input_names_the_parameter(call, message):
 def test_estimate_map_is_monotone_transform():
     e = Estimate(0.0, -1.0, 1.0, n=5, unit="seeds").map(math.exp)
     assert (e.value, e.low, e.high, e.n) == pytest.approx((1.0, math.exp(-1), math.e, 5))
+
+
+# ------------------------------------------------------------- networks: smooth functions of means, n in thousands
+
+NETWORK_COUNTS = (1500, 4000)  # notebook 01: networks per curve at the reduced and at the full size
+CHAIN_DEPTH, CHAIN_DOF = 16, 64
+
+
+def _chain(r, n, scale=1.0):
+    """``q_k = prod_{j<=k} g_j`` with ``g_j = scale chi2(nu)/nu``, independent: a product over layers like
+    the preactivation norm of a random network.  ``E q_k = scale^k``, ``E q_k^2 = (scale^2 (1 + 2/nu))^k``."""
+    return np.cumprod(scale * r.chisquare(CHAIN_DOF, (n, CHAIN_DEPTH)) / CHAIN_DOF, axis=1)
+
+
+def _chain_std(scale=1.0):
+    k = np.arange(1, CHAIN_DEPTH + 1)
+    return scale**k * np.sqrt((1 + 2 / CHAIN_DOF) ** k - 1)
+
+
+def _std(means):
+    d = means.shape[1] // 2
+    return np.sqrt(np.maximum(means[:, d:] - means[:, :d] ** 2, 0.0))
+
+
+def _moments(q):
+    return np.concatenate([q, q**2], axis=1)
+
+
+def _slopes(x, y):
+    """Least-squares slope of each row of ``y`` against ``x`` (``np.polyfit``'s, fast for many rows)."""
+    centred = x - x.mean()
+    return (y - y.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+
+
+def _std_exponent(means):
+    k = np.arange(1, CHAIN_DEPTH + 1)
+    return _slopes(np.log(k[3:]), np.log(_std(means)[:, 3:]))
+
+
+def _std_growth(means):
+    std = _std(means)
+    return std[:, -1] / std[:, CHAIN_DEPTH // 8 - 1]
+
+
+def _slope_ratio(means, scale):
+    k = np.arange(1, CHAIN_DEPTH + 1)
+    return _slopes(k[1:].astype(float), np.log(means[:, 1:])) / np.log(scale)
+
+
+CHAIN_STATISTICS = {  # (features of q, statistic of their means, its true value)
+    "spread exponent": (_moments, _std_exponent,
+                        np.polyfit(np.log(np.arange(4, CHAIN_DEPTH + 1)), np.log(_chain_std()[3:]), 1)[0]),
+    "spread growth": (_moments, _std_growth, _chain_std()[-1] / _chain_std()[CHAIN_DEPTH // 8 - 1]),
+}
+
+
+@pytest.mark.parametrize("n", NETWORK_COUNTS)
+@pytest.mark.parametrize("name", CHAIN_STATISTICS)
+def test_jackknife_of_means_covers_smooth_statistics_of_networks(n, name):
+    """Notebook 01's spread statistics (from the means of q_k and q_k^2) at its network counts."""
+    features, statistic, truth = CHAIN_STATISTICS[name]
+    cover = _coverage(lambda r: (features(_chain(r, n)),), lambda x: jackknife_of_means(x, statistic), truth,
+                      simulations=400)
+    assert 0.92 <= cover <= 0.98, cover
+
+
+@pytest.mark.parametrize("n", NETWORK_COUNTS)
+def test_jackknife_of_means_covers_the_slope_of_a_log_mean(n):
+    """Notebook 01's off-EOC slope: ``log mean q_k`` per layer over ``log(scale)``, true value 1."""
+    cover = _coverage(lambda r: (_chain(r, n, 0.8),), lambda q: jackknife_of_means(q, lambda m: _slope_ratio(m, 0.8)),
+                      1.0, simulations=400)
+    assert 0.92 <= cover <= 0.98, cover
+
+
+def test_jackknife_of_means_is_the_jackknife_of_the_statistic_of_the_means():
+    q = _chain(np.random.default_rng(3), 40)
+    fast = jackknife_of_means(_moments(q), _std_growth)
+    slow = jackknife_t(q, lambda a: float(_std_growth(_moments(a).mean(0)[None])[0]), unit="networks")
+    assert (fast.value, fast.low, fast.high, fast.n, fast.unit) == pytest.approx(
+        (slow.value, slow.low, slow.high, 40, "networks"))
+    plain = jackknife_of_means(q[:, 0], lambda m: m[:, 0], unit="seeds")
+    t = mean_interval(q[:, 0])
+    assert (plain.value, plain.low, plain.high) == pytest.approx((t.value, t.low, t.high))
+
+
+@pytest.mark.parametrize("n, depth, dof", [(300, 8, 64), (2000, 16, 128)])
+@pytest.mark.parametrize("what", ["mean", "spread"])
+def test_independent_ratio_covers_a_ratio_of_two_samples(n, depth, dof, what):
+    """Notebook 01's sampler check: the mean or the spread of ``q_l/q_0`` over n real networks (ReLU at
+    depth ``depth`` and width ``2 dof``: each layer multiplies ``q`` by about ``chi2(m/2)/(m/2)``) over the
+    sampler's 20 n, at the reduced and the full size; true ratio 1.1.  The spread of this skewed
+    distribution covers about 92% at n = 300 (3000 simulations: 0.917; the reduced run only) and 95% at
+    the full size's 2000."""
+    def last_layer(r, count):
+        return np.prod(r.chisquare(dof, (count, depth)) / dof, axis=1)[:, None]
+
+    def sample(r):
+        a, b = last_layer(r, n), last_layer(r, 20 * n)
+        return (1.1 * a if what == "mean" else 1.1 * (a - 1) + 1), b
+
+    statistic = (lambda m: m[:, 0]) if what == "mean" else (lambda m: _std(m)[:, 0])
+    features = (lambda x: x) if what == "mean" else _moments
+    cover = _coverage(sample, lambda a, b: independent_ratio(features(a), features(b), statistic), 1.1,
+                      simulations=400)
+    assert (0.90 if (what, n) == ("spread", 300) else 0.92) <= cover <= 0.98, cover
+
+
+# ----------------------------------------------------------------- groups: many runs per seed, few seeds
+
+def _clustered(r, n_seeds=5, runs=36):
+    """Runs in seeds: each seed shifts all its runs (a shared network and data draw), plus run noise."""
+    seeds = np.repeat(np.arange(n_seeds), runs)
+    return seeds, 2.0 + r.normal(0, 1.0, n_seeds)[seeds] + r.normal(0, 1.0, len(seeds))
+
+
+def test_jackknife_groups_covers_a_pooled_mean_at_five_seeds():
+    """A mean over 180 runs that share 5 seeds: treating the runs as independent would cover far less."""
+    cover = _coverage(lambda r: _clustered(r), lambda s, v: jackknife_groups(s, lambda rows: v[rows].mean()), 2.0)
+    assert 0.93 <= cover <= 0.97, cover
+    naive = _coverage(lambda r: _clustered(r), lambda s, v: mean_interval(v), 2.0, simulations=500)
+    assert naive < 0.6, naive
+
+
+def test_jackknife_groups_with_one_row_per_group_is_jackknife_t():
+    v = np.array([1.0, 2.5, 0.7, 3.1, 1.9])
+    by_group = jackknife_groups([4, 3, 2, 1, 0], lambda rows: float(np.median(v[rows]) + v[rows].mean()))
+    plain = jackknife_t(v, lambda a: float(np.median(a) + a.mean()))
+    assert (by_group.value, by_group.low, by_group.high, by_group.n) == pytest.approx(
+        (plain.value, plain.low, plain.high, 5))
+
+
+def test_jackknife_groups_leaves_out_whole_groups():
+    seen = []
+    jackknife_groups(np.array([0, 1, 0, 2, 1, 2]), lambda rows: seen.append(tuple(rows)) or 1.0)
+    assert seen == [(0, 1, 2, 3, 4, 5), (1, 3, 4, 5), (0, 2, 3, 5), (0, 1, 2, 4)]
+
+
+def test_mean_over_seeds_averages_within_a_seed_first():
+    frame = pd.DataFrame({"g": ["b"] * 6 + ["a"] * 2, "seed": [0, 0, 1, 1, 2, 2, 0, 1],
+                          "v": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 1.0, np.nan]})
+    s = mean_over_seeds(frame, ["g"], "v").set_index("g")
+    t = mean_interval([2.0, 2.0, 5.0])
+    assert (s.loc["b", "mean"], s.loc["b", "low"], s.loc["b", "high"], s.loc["b", "n_seeds"]) == pytest.approx(
+        (3.0, t.low, t.high, 3))
+    assert s.loc["a", "n_seeds"] == 1 and math.isnan(s.loc["a", "low"]) and list(s.index) == ["a", "b"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: jackknife_groups([[0, 1]], np.mean), "groups must be 1-d"),
+    (lambda: jackknife_groups([0, 0, 0], lambda rows: 1.0), "at least 2 replicates"),
+    (lambda: jackknife_of_means(np.ones((1, 3)), lambda m: m[:, 0]), "at least 2 replicates"),
+    (lambda: jackknife_of_means(np.ones((4, 3)), lambda m: m[0, 0]), "one value per row"),
+    (lambda: independent_ratio(np.ones((4, 2)), np.ones((4, 1)), lambda m: m[:, 0]), "same columns"),
+    (lambda: jackknife_of_means(np.ones(4), lambda m: m[:, 0], unit="runs"), "unit='runs'"),
+])
+def test_bad_input_to_the_new_intervals_names_the_parameter(call, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        call()

@@ -29,6 +29,20 @@ coverage by simulation at n = 5 and 8.  It is deterministic (no resampling seed)
   offsets cancel).
 * ``ratio_of_means(numerator, denominator, paired)``: ``mean(a)/mean(b)``; paired replicates are
   resampled together, unpaired ones by a delta method over the two independent samples.
+* ``jackknife_groups(groups, statistic)``: leave-one-group-out, for a statistic of many rows (runs) that
+  come in groups (seeds): the replicate is the whole group, so what a seed shares across its runs (its
+  network, its data draw) is resampled together, ``n`` is the number of groups.
+* ``jackknife_of_means(features, statistic)``: a smooth function of column means over thousands of
+  independent replicates (networks): the same jackknife as ``jackknife_t``, its leave-one-out means
+  in closed form, ``(n mean - x_i)/(n - 1)``, and the statistic vectorized over them.
+* ``independent_ratio(numerator, denominator, statistic)``: ``f(means of a)/f(means of b)`` for two
+  independent samples: the jackknife variances of the two logs add, t with the smaller n - 1.
+* ``mean_over_seeds(frame, by, value)``: per group of a frame, the mean over seeds (first averaged within
+  a seed) with its t interval, for error bars.
+
+Maxima and minima (the worst cell of many) are not smooth, and their jackknife is unreliable: a verdict
+over many cells decides each cell with its own interval and combines them
+(``nup.analysis.verdicts.all_of``).
 """
 
 from __future__ import annotations
@@ -38,11 +52,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import stats as _scipy_stats
 
-__all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "fraction", "mean_interval", "paired_log_ratio", "ratio_of_means", "UNITS"]
+__all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "fraction", "mean_interval", "paired_log_ratio",
+           "ratio_of_means", "jackknife_groups", "jackknife_of_means", "independent_ratio", "mean_over_seeds", "UNITS"]
 
-UNITS = ("seeds", "paired seeds")
+UNITS = ("seeds", "paired seeds", "networks")
 
 
 @dataclass(frozen=True)
@@ -103,11 +119,99 @@ def jackknife_t(replicates, statistic: Callable, level: float = 0.95, unit: str 
         return _nan(level, n, unit)
     leave_one_out = np.array([float(statistic([d for j, d in enumerate(data) if j != i] if is_list
                                               else np.delete(data, i, axis=0))) for i in range(n)])
+    return _jackknife_estimate(value, leave_one_out, level, unit)
+
+
+def _jackknife_variance(leave_one_out: np.ndarray) -> float:
+    """``(n - 1)/n * sum_i (T_(i) - mean T_(.))^2``; NaN if a leave-one-out value is not finite."""
     if not np.all(np.isfinite(leave_one_out)):
+        return math.nan
+    n = len(leave_one_out)
+    return (n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2))
+
+
+def _jackknife_estimate(value: float, leave_one_out: np.ndarray, level: float, unit: str) -> Estimate:
+    n = len(leave_one_out)
+    var = _jackknife_variance(leave_one_out)
+    if not math.isfinite(var):
         return Estimate(value, math.nan, math.nan, level, n, unit)
-    se = math.sqrt((n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
-    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * se
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * math.sqrt(var)
     return Estimate(value, value - half, value + half, level, n, unit)
+
+
+def jackknife_groups(groups, statistic: Callable, level: float = 0.95, unit: str = "seeds") -> Estimate:
+    """``statistic(rows)`` over rows that come in groups, with its leave-one-group-out jackknife-t interval.
+
+    ``groups``: one label per row (e.g. each run's seed); ``statistic`` takes an integer array of row
+    positions (ascending) and is evaluated on every row and with each group's rows left out; ``n`` is the
+    number of groups (at least 2).  With one row per group it is ``jackknife_t`` over the rows."""
+    labels = np.asarray(groups)
+    if labels.ndim != 1:
+        raise ValueError(f"groups must be 1-d (one label per row), got shape {labels.shape}")
+    blocks = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+    return jackknife_t(blocks, lambda kept: statistic(np.sort(np.concatenate(kept))), level, unit)
+
+
+def _features(values, name: str) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 1-d or 2-d (rows are replicates), got shape {x.shape}")
+    if len(x) < 2:
+        raise ValueError(f"an interval needs at least 2 replicates, got {len(x)} in {name}")
+    return x
+
+
+def _means_and_leave_one_out(x: np.ndarray, statistic: Callable) -> tuple[float, np.ndarray]:
+    n = len(x)
+    total = x.sum(axis=0)
+    value = float(np.asarray(statistic((total / n)[None, :]), dtype=float).reshape(-1)[0])
+    leave_one_out = np.asarray(statistic((total[None, :] - x) / (n - 1)), dtype=float).reshape(-1)
+    if leave_one_out.shape != (n,):
+        raise ValueError(f"statistic must return one value per row of means: {n} expected, got shape "
+                         f"{leave_one_out.shape}")
+    return value, leave_one_out
+
+
+def jackknife_of_means(features, statistic: Callable, level: float = 0.95, unit: str = "networks") -> Estimate:
+    """``statistic`` of the column means of ``features`` (rows: independent replicates; a 1-d array is one
+    column) with its jackknife-t interval, as ``jackknife_t(features, lambda a: statistic(a.mean(0)))``
+    but in O(n d): the leave-one-out means are ``(n mean - x_i)/(n - 1)``.  ``statistic`` is vectorized:
+    it takes a ``(k, d)`` array of k mean vectors and returns k values (e.g. a standard deviation from the
+    means of ``q`` and ``q^2``).  A non-finite value gives a NaN estimate or interval."""
+    check_level(level)
+    _check_unit(unit)
+    x = _features(features, "features")
+    value, leave_one_out = _means_and_leave_one_out(x, statistic)
+    if not math.isfinite(value):
+        return _nan(level, len(x), unit)
+    return _jackknife_estimate(value, leave_one_out, level, unit)
+
+
+def independent_ratio(numerator, denominator, statistic: Callable, level: float = 0.95,
+                      unit: str = "networks") -> Estimate:
+    """``statistic(means of numerator) / statistic(means of denominator)`` for two independent samples
+    (rows: replicates; ``statistic`` vectorized as in ``jackknife_of_means``, positive).  The interval is
+    built on the log: the jackknife variances of ``log statistic`` of the two samples add (delta method),
+    with the t quantile of the smaller sample's n - 1 degrees of freedom; ``n`` is the smaller sample's
+    size."""
+    check_level(level)
+    _check_unit(unit)
+    a, b = _features(numerator, "numerator"), _features(denominator, "denominator")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"numerator and denominator need the same columns, got {a.shape[1]} and {b.shape[1]}")
+    n = min(len(a), len(b))
+    (top, top_loo), (bottom, bottom_loo) = (_means_and_leave_one_out(a, statistic),
+                                            _means_and_leave_one_out(b, statistic))
+    if not (top > 0 and bottom > 0 and math.isfinite(top) and math.isfinite(bottom)):
+        return _nan(level, n, unit)
+    value = top / bottom
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = _jackknife_variance(np.log(top_loo)) + _jackknife_variance(np.log(bottom_loo))
+    if not math.isfinite(var):
+        return Estimate(value, math.nan, math.nan, level, n, unit)
+    half = float(_scipy_stats.t.ppf((1 + level) / 2, n - 1)) * math.sqrt(var)
+    return Estimate(value, value * math.exp(-half), value * math.exp(half), level, n, unit)
 
 
 def mean_interval(values, level: float = 0.95, unit: str = "seeds") -> Estimate:
@@ -160,3 +264,17 @@ def fraction(mask) -> float:
     """The share of True in ``mask`` (an "every seed" verdict holds at 1); NaN for an empty mask."""
     mask = np.asarray(mask, dtype=bool)
     return float(mask.mean()) if mask.size else math.nan
+
+
+def mean_over_seeds(frame: pd.DataFrame, by: list[str], value: str, seed: str = "seed",
+                    level: float = 0.95) -> pd.DataFrame:
+    """Per group of ``by`` (sorted): the mean over seeds of ``value`` (first averaged within
+    a seed; NaN values dropped) with its t interval (``mean_interval``; NaN ends with one seed), and the
+    number of seeds: columns ``*by, mean, low, high, n_seeds``."""
+    per_seed = frame.dropna(subset=[value]).groupby([*by, seed])[value].mean().reset_index()
+    rows = []
+    for key, d in per_seed.groupby(by, sort=False):
+        v = d[value].to_numpy(float)
+        est = mean_interval(v, level) if len(v) >= 2 else Estimate(float(v.mean()), math.nan, math.nan, level, 1)
+        rows.append((*(key if isinstance(key, tuple) else (key,)), est.value, est.low, est.high, len(v)))
+    return pd.DataFrame(rows, columns=[*by, "mean", "low", "high", "n_seeds"])
