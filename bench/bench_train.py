@@ -12,10 +12,10 @@ disturbed one); absolute times are printed beside them for scale only.
    NTK network, all on 256 Fashion-MNIST samples, at equal thread counts: 1 thread, and the
    machine's cores (``RunConfig.threads``; the bare loop under the same ``torch_threads``); the
    row at the cores is what a single run with the default ``threads=None`` does on a machine whose
-   torch default is its core count.  Goal: at most 1.05 at both.  The column "per-tensor check"
-   is ``train()`` with the divergence check it had before (``isfinite(...).all()`` on every
-   gradient tensor) for comparison; since whole runs are noisy on a shared machine, the two checks
-   are also timed alone on the model's gradients (best of many), as a share of one bare step.
+   torch default is its core count.  Goal: at most 1.05 at both.  ``train()`` checks that every
+   gradient is finite inside ``NormalizedSGD.step`` (one sync on the norms the step computes anyway);
+   the column "separate check" is what that check costs as its own pass over the gradients (as
+   before, and as under Adam), timed alone (best of many), as a share of one bare step.
 2. Each diagnostic's cost as a share of a training step, at ``diagnostic_every=10`` (the
    default): ``(T_with - T_without) / T_without`` over the run, and the cost of one call in steps.
    ``updates_every_step`` (registered here only) is ``"updates"`` at every step, as it ran before
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -39,14 +38,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nup import RunConfig, train  # noqa: E402
+from nup.core.optim import gradients_finite  # noqa: E402
 from nup.diagnostics import DIAGNOSTICS  # noqa: E402
 from nup.diagnostics.updates import EveryStepUpdateTracker  # noqa: E402
 from nup.training.config import LOSS_FUNCTIONS  # noqa: E402
 from nup.training.loop import build_model_and_data, resolve_threads, torch_threads  # noqa: E402
 from nup.training.sweep import cores, grid, sweep  # noqa: E402
-
-loop = importlib.import_module("nup.training.loop")
-
 
 def round_robin(fns: dict, repeats: int) -> dict[str, float]:
     """Best wall time of each callable over ``repeats`` round-robin passes."""
@@ -83,34 +80,19 @@ def _bare_loop(config: RunConfig) -> float:
     return value
 
 
-def per_tensor_check(params) -> bool:
-    """The divergence check ``train()`` had before: one pass and one host sync per gradient tensor."""
-    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
-
-
-def train_with_per_tensor_check(config: RunConfig):
-    fused = loop.gradients_finite
-    loop.gradients_finite = per_tensor_check
-    try:
-        return train(config)
-    finally:
-        loop.gradients_finite = fused
-
-
 def final_loss(result) -> float:
     return float(result.metric("loss").iloc[-1])
 
 
-def check_costs(config: RunConfig, repeats: int) -> tuple[float, float]:
-    """Best seconds of the fused check (``gradients_finite``) and of the per-tensor one, on the gradients
-    of one step of ``config``'s model."""
+def separate_check_cost(config: RunConfig, repeats: int) -> float:
+    """Best seconds of the finite check as a separate pass over the gradients of one step of ``config``'s
+    model (``gradients_finite`` without the norms: what ``train()`` paid before the check moved into the
+    optimizer, and still pays under Adam)."""
     with torch_threads(resolve_threads(config.threads)):
         model, x, y, _, _ = build_model_and_data(config)
         LOSS_FUNCTIONS[config.loss](model(x), y).backward()
-        params = list(model.parameters())
-        best = round_robin({"fused": lambda: loop.gradients_finite(params),
-                            "old": lambda: per_tensor_check(params)}, repeats)
-    return best["fused"], best["old"]
+        grads = [p.grad for p in model.parameters()]
+        return round_robin({"check": lambda: gradients_finite(grads)}, repeats)["check"]
 
 
 SETUPS = {  # name: (config, steps, quick steps)
@@ -125,20 +107,19 @@ def bench_overhead(args) -> None:
     print(f"\n== 1. train() against a bare torch loop (same model, data, optimizer, thread count; "
           f"threads = {' and '.join(map(str, counts))}) ==")
     print(f"  {'setup':24s} {'threads':>7s} {'params':>10s} {'steps':>5s} {'bare s/step':>12s} {'train/bare':>11s} "
-          f"{'per-tensor check/bare':>22s} {'check/step: fused':>18s} {'per-tensor':>11s}")
+          f"{'separate check/step':>20s}")
     for name, (options, steps, quick_steps) in SETUPS.items():
         for threads in counts:
             config = RunConfig(**options, n_train=256, lr=0.05, steps=quick_steps if args.quick else steps,
                                threads=threads)
             n_params = sum(p.numel() for p in build_model_and_data(config)[0].parameters())
             same = final_loss(train(config)) == bare_loop(config)
-            best = round_robin({"bare": lambda: bare_loop(config), "train": lambda: train(config),
-                                "old": lambda: train_with_per_tensor_check(config)}, args.repeats)
+            best = round_robin({"bare": lambda: bare_loop(config), "train": lambda: train(config)}, args.repeats)
             step = best["bare"] / (config.steps + 1)
-            fused, old = check_costs(config, args.repeats * 4)
+            check = separate_check_cost(config, args.repeats * 4)
             print(f"  {name:24s} {threads:7d} {n_params:10,d} {config.steps:5d} {step:12.4f} "
-                  f"{best['train'] / best['bare']:11.3f} {best['old'] / best['bare']:22.3f} {fused / step:18.4f} "
-                  f"{old / step:11.4f}{'' if same else '   (final losses differ!)'}")
+                  f"{best['train'] / best['bare']:11.3f} {check / step:20.4f}"
+                  f"{'' if same else '   (final losses differ!)'}")
     print("  goal: train/bare <= 1.05 at every thread count")
 
 

@@ -36,7 +36,7 @@ from helpers import count_trains
 from nup.training.sweep import sweep
 from nup.training.schedules import SCHEDULES
 from nup.training.config import LOSS_FUNCTIONS
-from nup.training.loop import gradients_finite
+from nup.core.optim import NORMALIZE_MODES, NormalizedSGD, gradients_finite
 
 BASE = dict(dataset="teacher", depth=2, width=8, steps=10, n_train=32)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -342,13 +342,36 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_the_run_at_that_step(fac
     ([[1e30, 1e30], [-math.inf]], False),
 ])
 def test_gradients_finite_is_exact(values, finite):
-    params = []
-    for v in values:
-        p = torch.zeros(len(v), requires_grad=True)
-        p.grad = torch.tensor(v)
-        params.append(p)
-    params.append(torch.zeros(2, requires_grad=True))  # no gradient: ignored
-    assert gradients_finite(params) is finite
+    grads = [torch.tensor(v) for v in values]
+    assert gradients_finite(grads) is finite
+    assert gradients_finite(grads, torch._foreach_norm(grads)) is finite  # norms computed by the caller
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE_MODES)
+@pytest.mark.parametrize("values, finite", [([[1.0, 2.0], [3.0]], True), ([[1e30, -1e30], [3e38]], True),
+                                            ([[1.0, math.nan], [3.0]], False), ([[1.0, 2.0], [-math.inf]], False)])
+def test_the_optimizers_finite_check_moves_nothing_on_a_bad_gradient(normalize, values, finite):
+    def weights_after_step(check_finite):
+        params = []
+        for v in values:
+            p = torch.ones(len(v), requires_grad=True)
+            p.grad = torch.tensor(v)
+            params.append(p)
+        params.append(torch.ones(2, requires_grad=True))  # no gradient: ignored
+        groups = [dict(params=[p], fan_in=len(p), fan_out=1, multiplier=1.0) for p in params]
+        optimizer = NormalizedSGD(groups, lr=0.1, normalize=normalize, check_finite=check_finite)
+        optimizer.step()
+        return torch.cat([p.detach() for p in params]), optimizer.last_step_finite
+
+    checked, moved = weights_after_step(True)
+    unchecked, unknown = weights_after_step(False)
+    assert moved is finite and unknown is None
+    if finite:  # the check changes no bit of a step
+        assert torch.equal(checked, unchecked)
+    else:
+        assert torch.equal(checked, torch.ones_like(checked))
+    with pytest.raises(ValueError, match="check_finite"):
+        NormalizedSGD([torch.ones(2, requires_grad=True)], lr=0.1, check_finite=1)
 
 
 # ---------------------------------------------------------------------------- a dying parent

@@ -45,6 +45,13 @@ turned direction (``lr_k``; ``lr_k s_k`` under ``"spectral"``)::
   ``"cumulative"`` step at the same ``beta`` (``cos(phi) = (cos(theta_beta) - c^2)/s^2`` with
   ``cos(theta_beta) = (1 + beta c)/sqrt(1 + 2 beta c + beta^2)``, clipped to ``[-1, 1]``).
 
+**Finite check** (``check_finite=True``; ``nup.train`` sets it).  Before moving any parameter, ``step``
+checks that every gradient is finite and, if one is not, moves nothing and sets ``last_step_finite = False``
+(a diverged run stops there).  The check is one host sync on the sum of the per-tensor gradient norms,
+which the ``"global"``, ``"per_layer"`` and ``"spectral"`` steps compute anyway (``"none"`` and steering:
+one fused ``torch._foreach_norm``); only when that sum is not finite is each tensor checked entry by entry
+(the squares of huge finite entries overflow), so the answer is exact (``gradients_finite``).
+
 No steering where it is undefined: at the first step (``D_k = 0``), for a zero gradient, for
 ``-g`` parallel to ``D_k`` (control only) or a layer with fewer than 3 entries (control only); the
 step is then the plain normalized one.  Steering needs ``normalize`` ``"per_layer"`` or
@@ -59,7 +66,8 @@ import torch
 
 from nup.validation import check_choice, check_finite_float, check_int, check_nonnegative, check_positive
 
-__all__ = ["NormalizedSGD", "NORMALIZE_MODES", "SPECTRAL_KEYS", "STEER_MODES", "spectral_scale", "steered_direction"]
+__all__ = ["NormalizedSGD", "NORMALIZE_MODES", "SPECTRAL_KEYS", "STEER_MODES", "spectral_scale", "steered_direction",
+           "gradients_finite"]
 
 NORMALIZE_MODES = ("none", "global", "per_layer", "spectral")
 STEER_MODES = ("cumulative", "orthogonal_random")  # see "Steering" in the module docstring
@@ -101,6 +109,20 @@ def steered_direction(grad: torch.Tensor, cumulative: torch.Tensor, beta: float,
     return c * d + s * (cos_phi * e + math.sqrt(1 - cos_phi * cos_phi) * r)
 
 
+def gradients_finite(grads, norms=None) -> bool:
+    """Whether every tensor in ``grads`` is finite, with one host sync: the sum of their 2-norms (``norms``
+    if given, else one fused ``torch._foreach_norm``) is finite exactly when every entry is, except that
+    the squares of huge finite entries (above ~1e19 in float32) overflow to inf; only then, rarely, is
+    every tensor checked entry by entry, so the answer is exact."""
+    grads = list(grads)
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads) if norms is None else norms
+    if math.isfinite(torch.stack(list(norms)).sum().item()):
+        return True
+    return all(bool(torch.isfinite(g).all()) for g in grads)
+
+
 def _group_label(index: int, group: dict) -> str:
     name = group.get("name")
     return f"param_groups[{index}]" + (f" ({name!r})" if name is not None else "")
@@ -122,7 +144,8 @@ class NormalizedSGD(torch.optim.Optimizer):
     with the width-aware ``"spectral"`` scale (module docstring)."""
 
     def __init__(self, params, lr: float, normalize: str = "none", momentum: float = 0.0, eps: float = 1e-30,
-                 steer_beta: float = 0.0, steer_mode: str = "cumulative", steer_seed: int = 0):
+                 steer_beta: float = 0.0, steer_mode: str = "cumulative", steer_seed: int = 0,
+                 check_finite: bool = False):
         check_positive("lr", lr)
         check_choice("normalize", normalize, NORMALIZE_MODES)
         check_nonnegative("momentum", momentum)
@@ -133,6 +156,10 @@ class NormalizedSGD(torch.optim.Optimizer):
         self.normalize = normalize  # before super().__init__, which calls add_param_group
         self.steer_beta, self.steer_mode = float(steer_beta), steer_mode
         self.steer_generator = torch.Generator().manual_seed(steer_seed) if steer_beta else None
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite={check_finite!r} is not allowed; pass True or False")
+        self.check_finite = check_finite
+        self.last_step_finite: bool | None = None  # with check_finite: whether the last step() moved the weights
         super().__init__(params, dict(lr=lr, momentum=momentum, eps=eps))
         for group in self.param_groups:
             check_positive("lr (of a parameter group)", group["lr"])
@@ -170,9 +197,18 @@ class NormalizedSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        # The per-tensor norms the normalized steps divide by, computed once before any weight moves, so the
+        # finite check can read them.
+        norms = {}
+        if self.normalize != "none" and not self.steer_beta:
+            norms = {p: torch.linalg.vector_norm(p.grad) for p in params}
+        if self.check_finite:
+            self.last_step_finite = gradients_finite([p.grad for p in params], list(norms.values()) or None)
+            if not self.last_step_finite:
+                return loss
         global_norm = None
         if self.normalize == "global" and params:
-            global_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            global_norm = torch.linalg.vector_norm(torch.stack([norms[p] for p in params]))
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -186,10 +222,10 @@ class NormalizedSGD(torch.optim.Optimizer):
                 elif self.normalize == "global":
                     d = d / global_norm.clamp_min(group["eps"])
                 elif self.normalize == "per_layer":
-                    d = d / torch.linalg.vector_norm(d).clamp_min(group["eps"])
+                    d = d / norms[p].clamp_min(group["eps"])
                 elif self.normalize == "spectral":
                     scale = spectral_scale(group["fan_in"], group["fan_out"], group["multiplier"])
-                    d = d * (scale / torch.linalg.vector_norm(d).clamp_min(group["eps"]))
+                    d = d * (scale / norms[p].clamp_min(group["eps"]))
                 if group["momentum"]:
                     buf = self.state[p].get("momentum_buffer")
                     buf = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)

@@ -111,11 +111,12 @@ class Parameterization:
                 for k, (layer, m, c) in enumerate(zip(model.layers, lr_mults, model.multipliers))]
 
     def optimizer(self, model: MLP, lr: float, momentum: float = 0.0, normalize: str | None = None,
-                  **steering) -> NormalizedSGD:
-        """``NormalizedSGD`` over ``param_groups`` with this parameterization's update mode; ``steering``:
-        ``steer_beta``, ``steer_mode``, ``steer_seed`` (``nup.core.optim``, "Steering"; off by default)."""
+                  **options) -> NormalizedSGD:
+        """``NormalizedSGD`` over ``param_groups`` with this parameterization's update mode; ``options``:
+        ``steer_beta``, ``steer_mode``, ``steer_seed`` (``nup.core.optim``, "Steering"; off by default) and
+        ``check_finite`` ("Finite check"; off by default)."""
         return NormalizedSGD(self.param_groups(model, lr), lr=lr, momentum=momentum,
-                             normalize=self.normalize if normalize is None else normalize, **steering)
+                             normalize=self.normalize if normalize is None else normalize, **options)
 
 
 def _ntk_rules(widths, sigmas):

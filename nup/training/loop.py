@@ -4,8 +4,10 @@
 (``build_optimizer``: the parameterization's SGD, or Adam) and an optional learning-rate schedule,
 runs full-batch GD (``batch_size=None``) or mini-batch SGD, and records ``(step, metric, layer,
 value)`` rows; ``layer = 0`` means the whole network.  A run whose loss or gradient becomes NaN or
-inf stops and is returned with ``diverged_step`` set: divergence is a result, not an exception.  The gradient check is one fused
-reduction per step (``gradients_finite``), not one check per tensor.
+inf stops and is returned with ``diverged_step`` set: divergence is a result, not an exception.  The gradient
+check is one host sync per step: inside ``NormalizedSGD.step`` (``check_finite=True``; it reads the norms the
+normalized steps compute anyway, and moves nothing when a gradient is not finite), or, for Adam, one fused
+reduction before the step (``nup.core.optim.gradients_finite``).
 
 Threads.  A run executes under ``RunConfig.threads`` torch intra-op threads (which also set MKL's
 count), set on entry and restored on exit (``torch_threads``); ``threads=None`` (the default) takes
@@ -43,13 +45,14 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from nup.core.device import resolve_device, resolve_dtype
+from nup.core.optim import gradients_finite
 from nup.diagnostics import DIAGNOSTICS
 from nup.training import data as nup_data
 from nup.training.config import LOSS_FUNCTIONS, RunConfig, RunResult, TrainContext
 from nup.training.schedules import SCHEDULES
 from nup.validation import check_int
 
-__all__ = ["train", "build_model_and_data", "build_optimizer", "load_data", "load_validation", "gradients_finite",
+__all__ = ["train", "build_model_and_data", "build_optimizer", "load_data", "load_validation",
            "torch_threads", "resolve_threads", "THREADS"]
 
 THREADS = 1  # the count ``torch_threads()`` pins when given none (helpers outside train(), e.g. the experiments')
@@ -157,15 +160,15 @@ def build_model_and_data(config: RunConfig):
 
 
 def build_optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """``optimizer="sgd"``: the parameterization's ``NormalizedSGD`` (its update mode, ``momentum``, and
-    the steering options with ``steer_seed = config.seed``); ``"adam"``: ``torch.optim.Adam`` (betas 0.9,
-    0.999) over the same per-layer groups, so per-layer rates carry over."""
+    """``optimizer="sgd"``: the parameterization's ``NormalizedSGD`` (its update mode, ``momentum``, the
+    steering options with ``steer_seed = config.seed``, and its finite check on); ``"adam"``:
+    ``torch.optim.Adam`` (betas 0.9, 0.999) over the same per-layer groups, so per-layer rates carry over."""
     parameterization = config.build_parameterization()  # the training rule comes from the config, not the model
     if config.optimizer == "adam":
         return torch.optim.Adam(parameterization.param_groups(model, config.lr), lr=config.lr)
     steering = dict(steer_beta=config.steer_beta, steer_mode=config.steer_mode, steer_seed=config.seed) \
         if config.steer_beta else {}
-    return parameterization.optimizer(model, config.lr, momentum=config.momentum, **steering)
+    return parameterization.optimizer(model, config.lr, momentum=config.momentum, check_finite=True, **steering)
 
 
 def train(config: RunConfig) -> RunResult:
@@ -191,6 +194,7 @@ def _train(config: RunConfig) -> RunResult:
     diagnostics = [DIAGNOSTICS[name](ctx) for name in config.diagnostics]
     batches = _batches(config, device)
     params = [p for p in model.parameters() if p.requires_grad]
+    checks_itself = getattr(optimizer, "check_finite", False)
 
     rows: list[tuple[int, str, int, float]] = []
     diverged_step = None
@@ -219,10 +223,16 @@ def _train(config: RunConfig) -> RunResult:
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if not gradients_finite(params):
+        if checks_itself:
+            optimizer.step()  # moves nothing when a gradient is not finite
+            finite = optimizer.last_step_finite
+        else:
+            finite = gradients_finite([p.grad for p in params if p.grad is not None])
+            if finite:
+                optimizer.step()
+        if not finite:
             diverged_step = step
             break
-        optimizer.step()
         for diagnostic in diagnostics:
             after_step = getattr(diagnostic, "after_step", None)
             if after_step is not None:
@@ -235,23 +245,6 @@ def _train(config: RunConfig) -> RunResult:
     df = pd.DataFrame(rows, columns=["step", "metric", "layer", "value"])
     df = df.astype({"step": "int64", "layer": "int64", "value": "float64"})
     return RunResult(config, df, diverged_step, ctx.state.get("extras", {}))
-
-
-def gradients_finite(params) -> bool:
-    """Whether every ``p.grad`` of ``params`` is finite (a missing gradient counts as finite).
-
-    One fused reduction and one host sync per call: the sum of the gradients' 2-norms
-    (``torch._foreach_norm``) is finite exactly when every entry is, except that the squares of
-    huge finite entries (above ~1e19 in float32) overflow to inf; only then, rarely, is every
-    tensor checked entry by entry, so the answer is exact.  The per-tensor check that it replaces
-    cost up to 30% of a step on deep νP networks (one pass and one host sync per tensor).
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    if math.isfinite(torch.stack(torch._foreach_norm(grads)).sum().item()):
-        return True
-    return all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 def _test_metrics(ctx: TrainContext):
