@@ -5,10 +5,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import rankdata, spearmanr
 
 import nup
-from nup.analysis import ranks
 from nup.experiments import update_cosine as e
 
 P = e.SCHEMA.validate(dict(depth=3, steps=40, n_train=32, probe_size=8, ntk_every=10, lrs=[0.1, 1.0], widths=[4, 8],
@@ -18,56 +16,8 @@ P = e.SCHEMA.validate(dict(depth=3, steps=40, n_train=32, probe_size=8, ntk_ever
 
 
 
-@pytest.fixture(autouse=True)
-def fewer_resamples(monkeypatch):
-    monkeypatch.setattr(e, "N_BOOT", 200)  # the claims' bootstraps: enough for synthetic answers this clear
-
-
 # ------------------------------------------------------------------------------------ statistics
-
-def test_average_ranks_equal_scipy_with_ties():
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        v = rng.integers(0, 5, rng.integers(1, 25)).astype(float)
-        np.testing.assert_allclose(ranks.average_ranks(v), rankdata(v))
-
-
-def test_partial_rank_correlation_without_controls_is_spearman():
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=40), rng.normal(size=40)
-    y = y + x
-    assert ranks.partial_rank_correlation(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
-
-
-def test_cells_remove_a_confound_that_reverses_the_raw_correlation():
-    """Within each cell y rises with x, but the cell with the larger x has much smaller y: the raw rank
-    correlation is negative, the within-cell one exactly 1."""
-    x = np.r_[np.arange(10), np.arange(10) + 10.0]
-    y = np.r_[np.arange(10) + 100.0, np.arange(10)]
-    cells = ["a"] * 10 + ["b"] * 10
-    assert ranks.partial_rank_correlation(x, y) < -0.4
-    assert ranks.partial_rank_correlation(x, y, cells) == pytest.approx(1.0)
-    assert ranks.partial_rank_correlation(x, -y, cells) == pytest.approx(-1.0)
-
-
-def test_a_covariate_that_drives_both_is_controlled_for():
-    """x and y both follow a covariate z plus independent noise: correlated raw, not once z is removed."""
-    rng = np.random.default_rng(2)
-    z = np.arange(400.0)
-    x, y = z + 20 * rng.normal(size=400), z + 20 * rng.normal(size=400)
-    assert ranks.partial_rank_correlation(x, y) > 0.9
-    assert abs(ranks.partial_rank_correlation(x, y, covariates=z)) < 0.15
-    # Indicators and a covariate together (the lstsq path) agree with indicators alone when z is constant.
-    cells = np.repeat([0, 1], 200)
-    assert ranks.partial_rank_correlation(x, y, cells, np.ones(400)) == pytest.approx(
-        ranks.partial_rank_correlation(x, y, cells), abs=1e-9)
-
-
-def test_partial_rank_correlation_is_nan_when_a_residual_is_constant():
-    x = np.r_[1.0, 2.0, 3.0, 4.0]
-    assert math.isnan(ranks.partial_rank_correlation(x, np.ones(4)))
-    assert math.isnan(ranks.partial_rank_correlation(x, x, cells=[0, 1, 2, 3]))  # one run per cell: nothing left
-
+# (average ranks and partial rank correlations: tests/test_ranks.py)
 
 def _runs(rng, n_seeds=5, slope=1.0, noise=0.0):
     """Normalized runs in 4 (lr, width) cells whose feature learning is ``slope * cos + cell offset + noise``;
@@ -110,23 +60,19 @@ def test_lr_statistic_finds_the_cosine_falling_with_the_learning_rate():
     assert statistic(np.arange(len(rows))) < -0.8
 
 
-def test_seed_bootstrap_resamples_whole_seeds():
-    """Every run of a seed carries the seed's value: the statistic on a resample is a mean of seed values,
-    so the interval lies within their range, and with identical seeds it has zero width."""
-    runs = pd.DataFrame({"seed": np.repeat(np.arange(5), 3), "v": np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 3)})
-    values = runs.v.to_numpy()
-    est = e.seed_bootstrap(runs, lambda idx: float(values[idx].mean()), n_boot=200)
-    assert est.value == pytest.approx(3.0) and 1.0 <= est.low < 3.0 < est.high <= 5.0
-    flat = runs.assign(v=2.0)
-    est = e.seed_bootstrap(flat, lambda idx: float(flat.v.to_numpy()[idx].mean()), n_boot=50)
-    assert est.low == est.high == 2.0
+def test_seed_correlation_leaves_out_whole_seeds():
+    """The interval is over seeds (n = 5), not over the 60 runs; with the seeds' runs alike it is narrow."""
+    runs = _runs(np.random.default_rng(9), noise=0.05)
+    rows, statistic = e.fixed_step_statistic(runs, "mean_cos", "ntk_change")
+    est = e.seed_correlation(rows, statistic)
+    assert est.n == 5 and est.unit == "seeds"
+    assert est.value == pytest.approx(e.fixed_step_correlation(runs, "mean_cos", "ntk_change"))
+    assert -1 < est.low < est.value < est.high < 1
 
 
-def test_seed_summary_averages_within_a_seed_first():
-    frame = pd.DataFrame({"g": ["a"] * 6, "seed": [0, 0, 1, 1, 2, 2], "v": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0]})
-    s = e.seed_summary(frame, ["g"], "v", n_boot=100)
-    assert s["mean"].iloc[0] == pytest.approx(3.0) and s.n_seeds.iloc[0] == 3
-    assert 2.0 <= s.low.iloc[0] <= s.high.iloc[0] <= 5.0
+def test_seed_medians_take_the_median_within_a_seed():
+    assoc = pd.DataFrame({"seed": [0, 0, 0, 1, 1], "raw": [0.1, 0.9, 0.5, np.nan, 0.2]})
+    assert e.seed_medians(assoc, "raw").tolist() == pytest.approx([0.5, 0.2])
 
 
 def test_detrending_removes_a_shared_time_trend():
@@ -248,16 +194,16 @@ def test_summarize_on_a_tiny_real_run():
 
 # ------------------------------------------------------------------------------------- verdicts
 
-def _frames(slope=1.0, noise=0.0, lazy_drop=0.45, lazy_ratio=1.0, detrended=True):
+def _frames(slope=1.0, noise=0.0, lazy_drop=0.45, lazy_ratio=1.0, detrended=True, lazy_cos=0.9):
     rng = np.random.default_rng(7)
     runs = _runs(rng, slope=slope, noise=noise)
     plain = []
     for seed in range(5):
-        for b, cos in ((0, 0.9), (8, 0.9 - lazy_drop)):
+        for b, cos in ((0, lazy_cos), (8, lazy_cos - lazy_drop)):
             ntk = 0.1 * (1 + 0.1 * seed) * (lazy_ratio if b else 1.0)
             plain.append(dict(run=1000 + 2 * seed + (b > 0), family=e.PLAIN, width=64, lr=0.01, batch_size=b,
                               label_noise=0.0, momentum=0.0, knob="GD" if b == 0 else "SGD b=8", seed=seed,
-                              diverged=False, collapsed=False, mean_cos=cos + 0.01 * seed, mean_cos_k2=cos,
+                              diverged=False, collapsed=False, mean_cos=cos + 0.001 * seed, mean_cos_k2=cos,
                               mean_cos_k10=cos, mean_step=0.01, ntk_change=ntk, preact_change=ntk, alignment_gain=0.0,
                               distance=1.0))
     runs = pd.concat([runs, pd.DataFrame(plain)], ignore_index=True)
@@ -286,6 +232,57 @@ def test_claims_when_feature_learning_ignores_the_cosine():
     assert all(h is not True for h in holds[2:11]), [(v.estimate, v.low, v.high) for v in verdicts[2:11]]
     assert holds[11] is True and holds[12] is False  # raw: shared trend; first differences: opposed
     assert holds[13] is True and holds[14] is False and holds[15] is False
+
+
+LAZY_CASES = {  # verdict index, _frames keyword, a value just inside, just outside its threshold
+    "lazy cosine": (13, "lazy_cos", e.LAZY_COSINE + 0.01, e.LAZY_COSINE - 0.01),
+    "noise drop": (14, "lazy_drop", e.NOISE_DROP + 0.01, e.NOISE_DROP - 0.01),
+    "ntk ratio above": (15, "lazy_ratio", 1 + e.LAZY_NTK_TOLERANCE - 0.01, 1 + e.LAZY_NTK_TOLERANCE + 0.01),
+    "ntk ratio below": (15, "lazy_ratio", 1 - e.LAZY_NTK_TOLERANCE + 0.01, 1 - e.LAZY_NTK_TOLERANCE - 0.01),
+}
+
+
+@pytest.mark.parametrize("case", LAZY_CASES)
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_each_lazy_end_verdict_is_decided_at_its_threshold(case, side):
+    index, keyword, inside, outside = LAZY_CASES[case]
+    kwargs = {keyword: inside if side == "inside" else outside}
+    if keyword == "lazy_cos":
+        kwargs["lazy_drop"] = 0.3  # the mini-batch run stays above 0
+    verdict = e.claims(_frames(**kwargs), P)[index]
+    assert verdict.holds is (side == "inside"), (verdict.statement, verdict.estimate, verdict.low, verdict.high)
+    assert verdict.n == 5 and verdict.unit == ("seeds" if keyword == "lazy_cos" else "paired seeds")
+
+
+@pytest.mark.parametrize("side", ["inside", "outside"])
+def test_each_correlation_verdict_is_decided_at_its_threshold(side, monkeypatch):
+    """Every pooled correlation just inside or just outside its threshold (on its claimed side: above STRONG,
+    below FALLS), with an interval over 5 seeds of half-width 0.01."""
+    calls = []
+
+    def at_threshold(rows, statistic):  # the claims ask in order: across runs, falls with lr, fixed step ...
+        calls.append(statistic)
+        threshold, sign = (e.FALLS, -1) if len(calls) == 2 else (e.STRONG, 1)
+        value = threshold + sign * (0.02 if side == "inside" else -0.02)
+        return e.Estimate(value, value - 0.01, value + 0.01, n=5, unit="seeds")
+
+    monkeypatch.setattr(e, "seed_correlation", at_threshold)
+    verdicts = e.claims(_frames(), P)[:11]
+    assert [v.holds for v in verdicts] == [side == "inside"] * 11, [(v.statement, v.estimate) for v in verdicts]
+    assert all(v.n == 5 for v in verdicts)
+    assert f"< {e.FALLS:g} " in verdicts[1].statement and all(f"> {e.STRONG:g})" in v.statement
+                                                               for i, v in enumerate(verdicts) if i != 1)
+
+
+@pytest.mark.parametrize("value, holds", [(e.STRONG + 0.01, True), (e.STRONG - 0.01, False)])
+def test_the_within_run_verdicts_are_decided_at_their_threshold(value, holds, monkeypatch):
+    """Every run of every seed with the same association: the seeds' medians equal it, the interval has no width."""
+    def constant(windows, runs):
+        return runs[["run", "seed"]].assign(raw=value, detrended=value)
+
+    monkeypatch.setattr(e, "within_run_associations", constant)
+    verdicts = e.claims(_frames(), P)[11:13]
+    assert [v.holds for v in verdicts] == [holds] * 2 and all(v.n == 5 and v.unit == "seeds" for v in verdicts)
 
 
 def test_statements_are_scale_free_and_unique():
@@ -322,7 +319,7 @@ def test_schema_refuses_bad_sizes(change, pattern):
 
 def test_partial_table_covers_every_lag_measure_and_population():
     frames = _frames(noise=0.3)
-    table = e.partial_table(frames, n_boot=50)
+    table = e.partial_table(frames)
     assert len(table) == 2 * len(e.LAGS) * (len(e.MEASURES) + 1)
     fixed = table[(table.runs == "fixed step (no momentum)") & (table.k == 1) & (table.measure == "ntk_change")]
     runs = e.fixed_step_runs(frames["runs"])
@@ -338,7 +335,7 @@ def test_layer_table_per_layer():
                                       "mean_cos_k2": 0.5, "mean_cos_k10": 0.25,
                                       "preact_change": (runs.mean_cos if k < 3 else -runs.mean_cos) + runs.lr})
                         for k in (1, 2, 3)], ignore_index=True)
-    table = e.layer_table({**frames, "layers": layers}, n_boot=50).set_index("layer")
+    table = e.layer_table({**frames, "layers": layers}).set_index("layer")
     assert table.mean_cos[2] == pytest.approx(2 * runs.mean_cos.mean()) and table.mean_cos_k10[3] == 0.25
     # Monotone within every cell; global ranks interleave the cells, so not exactly +-1.
     assert table.partial_corr_preact[1] > 0.95 and table.partial_corr_preact[3] < -0.95
@@ -479,7 +476,7 @@ def test_usable_intervention_drops_failed_runs_and_their_seeds():
 def test_steering_sets_the_cosine_of_a_tiny_real_run(tmp_path, monkeypatch):
     """The steered arm's realized mean cosine rises with beta; the control's stays near the unsteered run's."""
     monkeypatch.setenv("NUP_RESULTS_DIR", str(tmp_path))
-    p = e.SCHEMA.validate({**P, "steps": 40, "seeds": [0, 1, 2], "steer_betas": [-1.0, 0.0, 2.0], "depth": 3})
+    p = e.SCHEMA.validate({**P, "steps": 40, "steer_betas": [-1.0, 0.0, 2.0], "depth": 3})
     frame = e.run_intervention(p)
     steered = frame[frame.arm == e.STEER].groupby("beta").mean_cos.mean()
     assert steered[-1.0] < steered[0.0] - 0.1 and steered[2.0] > steered[0.0] + 0.3

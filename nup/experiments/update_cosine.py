@@ -44,8 +44,13 @@ module tests the hypothesis itself:
   distance travelled from init; and the control leaves them unchanged (a paired ratio to ``beta = 0``).
   These verdicts use jackknife-t intervals over seeds (``nup.analysis.stats``).
 
-The correlational verdicts are decided by a 95% bootstrap interval over seeds (each seed's runs
-resampled as a block); the thresholds are the constants below, fixed before the full-size run.
+The correlational verdicts are decided by 95% jackknife-t intervals over seeds (the unit: a seed, its
+runs left out together): a (partial) rank correlation pooled over the runs has the leave-one-seed-out
+interval of its Fisher z (``nup.analysis.ranks.correlation_by_groups``, coverage checked on clustered data
+at 5 seeds in ``tests/test_ranks.py``); the within-run association is the median over a seed's runs,
+averaged over seeds with Student's t interval; the lazy end's mean cosine, its drop (paired by seed) and
+the NTK ratio (``ratio_of_means``, paired by seed) as in ``nup.analysis.stats``.  Every verdict prints
+its n.  The thresholds are the constants below, fixed before the full-size run.
 """
 
 from __future__ import annotations
@@ -54,14 +59,13 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
-from nup.analysis.fits import Estimate, bootstrap
-from nup.analysis.ranks import average_ranks, control_residuals, partial_rank_correlation
-from nup.analysis.stats import mean_interval, ratio_of_means
+from nup.analysis.ranks import (average_ranks, control_residuals, correlation_by_groups, partial_rank_correlation,
+                                spearman)
+from nup.analysis.stats import Estimate, mean_interval, ratio_of_means
 from nup.analysis.verdicts import Verdict, compare, within
 from nup.experiments import RUN_THREADS
-from nup.experiments.schema import Float, Int, List, Schema
+from nup.experiments.schema import MIN_SEEDS, Float, Int, List, Schema
 from nup.progress import progress
 
 NOTEBOOK = "04_update_cosine"
@@ -103,7 +107,8 @@ SCHEMA = Schema(
     Int("steer_width", minimum=2, help="the intervention: νP base width m"),
     List("steer_betas", item=Float("steer_beta", minimum=-10.0, maximum=10.0), increasing=True, min_length=3,
          help="the intervention: steering strengths, with 0, a negative and a positive one"),
-    List("seeds", item=Int("seed", minimum=0), distinct=True, min_length=3),
+    List("seeds", item=Int("seed", minimum=0), distinct=True, min_length=MIN_SEEDS,
+         help=f"initialization seeds; at least {MIN_SEEDS} (interval coverage)"),
     Int("n_jobs", minimum=1),
     checks=(_check_sizes,),
 )
@@ -117,7 +122,6 @@ LAZY_NTK_TOLERANCE = 0.10   # ... while the NTK change stays within 10% (ratio S
 LAGS = (1, 2, 10)           # cos(theta_{t+k} - theta_t, theta_t - theta_0); k = 1 is the abstract's cosine
 MEASURES = {"ntk_change": "NTK change", "preact_change": "hidden preactivation change",
             "alignment_gain": "gain in kernel-target alignment"}
-N_BOOT = 1000
 NORMALIZED, PLAIN = "νP, normalized", "NTK, plain (S)GD"
 RECORDED_DIAGNOSTICS = ("updates_every_step", "update_lags", "preactivations", "ntk")
 CHUNK = 48                  # runs per sweep call: each chunk is summarized and its raw rows dropped
@@ -171,7 +175,7 @@ def run_table(p) -> tuple[list, pd.DataFrame]:
     return configs, table
 
 
-def run(p) -> dict:
+def run_experiment(p) -> dict:
     """Train every run (through the run cache, ``CHUNK`` at a time) and summarize it: frames ``runs``
     (one row per run), ``layers`` (per run and layer), ``windows`` (per run and window of
     ``ntk_every`` steps) and ``series`` (per run and step: the global cosines, step length, distance)."""
@@ -226,7 +230,7 @@ def with_per_distance(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, depth: int, ntk_every: int) -> dict:
-    """The per-run summaries of a sweep frame (see ``run``).  A run's cosine is the mean over its
+    """The per-run summaries of a sweep frame (see ``run_experiment``).  A run's cosine is the mean over its
     steps; its feature learning is read at the last step: ``ntk_change``, ``preact_change`` (the mean
     over the hidden layers 1..depth-1) and ``alignment_gain`` (last minus first kernel alignment).
     ``collapsed``: the kernel alignment is undefined at the end (every ReLU dead, the NTK 0), or the run
@@ -388,43 +392,16 @@ def rank_correlation(frame: pd.DataFrame, x: str, y: str) -> float:
     return statistic(np.arange(len(rows)))
 
 
-def seed_bootstrap(rows: pd.DataFrame, statistic, n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
-    """``statistic(idx)`` on all rows and a percentile interval over resamples of whole seeds: the row
-    positions of each seed form one block, and a seed drawn twice enters twice."""
-    seeds = rows["seed"].to_numpy()
-    blocks = [np.flatnonzero(seeds == s) for s in np.unique(seeds)]
-    return bootstrap(blocks, lambda chosen: statistic(np.concatenate(chosen)), n_boot=n_boot, seed=seed)
-
-
-def seed_summary(frame: pd.DataFrame, by: list[str], value: str, n_boot: int = N_BOOT) -> pd.DataFrame:
-    """Per group of ``by``: the mean over seeds of ``value`` (first averaged within a seed) with its 95%
-    bootstrap interval over seeds (``low``, ``high``) and the number of seeds."""
-    per_seed = frame.dropna(subset=[value]).groupby([*by, "seed"])[value].mean().reset_index()
-    rows = []
-    for key, d in per_seed.groupby(by, sort=False):
-        v = d[value].to_numpy()
-        est = bootstrap(v, np.mean, n_boot=n_boot) if len(v) >= 2 else Estimate(float(v.mean()), math.nan, math.nan)
-        rows.append((*(key if isinstance(key, tuple) else (key,)), est.value, est.low, est.high, len(v)))
-    return pd.DataFrame(rows, columns=[*by, "mean", "low", "high", "n_seeds"])
-
-
-def _association(a, b) -> float:
-    keep = np.isfinite(a) & np.isfinite(b)
-    if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
-        return math.nan
-    return float(spearmanr(a[keep], b[keep])[0])
-
-
 def raw_association(cos, growth) -> float:
     """Rank correlation of two window series as they are (their time trend included); NaN with fewer
     than 3 windows or a constant series."""
-    return _association(np.asarray(cos, dtype=float), np.asarray(growth, dtype=float))
+    return spearman(np.asarray(cos, dtype=float), np.asarray(growth, dtype=float))
 
 
 def detrended_association(cos, growth) -> float:
     """Rank correlation of the first differences of two window series (a common time trend removed);
     NaN with fewer than 3 differences or a constant one."""
-    return _association(np.diff(np.asarray(cos, dtype=float)), np.diff(np.asarray(growth, dtype=float)))
+    return spearman(np.diff(np.asarray(cos, dtype=float)), np.diff(np.asarray(growth, dtype=float)))
 
 
 def within_run_associations(windows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -477,9 +454,16 @@ def lag_name(k: int) -> str:
     return "mean cosine" if k == 1 else f"mean {k}-step cosine"
 
 
-def partial_table(frames: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
+def seed_correlation(rows: pd.DataFrame, statistic) -> Estimate:
+    """``statistic(idx)``, a correlation over the positions ``idx`` of ``rows`` (from ``fixed_step_statistic``,
+    ``lr_statistic`` or ``plain_statistic``), with its leave-one-seed-out jackknife-t interval (Fisher z):
+    a seed's runs are left out together."""
+    return correlation_by_groups(rows["seed"].to_numpy(), statistic)
+
+
+def partial_table(frames: dict) -> pd.DataFrame:
     """Every lag against every feature-learning measure (and the distance from init, which the identity
-    ties to the cosine), with its bootstrap interval over seeds: over the fixed-step runs controlling for
+    ties to the cosine), with its jackknife-t interval over seeds: over the fixed-step runs controlling for
     (lr, width) (what the verdicts use), and over every normalized run, momentum included, controlling
     for (lr, width) and the log mean step length."""
     runs = usable(frames["runs"])
@@ -489,23 +473,22 @@ def partial_table(frames: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
     for population, (frame, controls) in populations.items():
         for k in LAGS:
             for measure in [*MEASURES, "distance"]:
-                est = seed_bootstrap(*fixed_step_statistic(frame, f"mean_{cos_column(k)}", measure, controls),
-                                     n_boot=n_boot)
+                est = seed_correlation(*fixed_step_statistic(frame, f"mean_{cos_column(k)}", measure, controls))
                 rows.append((population, "lr, width" + (", step length" if controls == "cell+step" else ""), k,
                              measure, est.value, est.low, est.high))
     return pd.DataFrame(rows, columns=["runs", "controls", "k", "measure", "estimate", "low", "high"])
 
 
-def layer_table(frames: dict, n_boot: int = N_BOOT) -> pd.DataFrame:
+def layer_table(frames: dict) -> pd.DataFrame:
     """Per layer: its mean cosine (k = 1, 2, 10) over the fixed-step runs, and the partial rank
     correlation of the layer's mean cosine with its preactivation change at fixed (lr, width), with its
-    bootstrap interval over seeds (``low``, ``high``)."""
+    jackknife-t interval over seeds (``low``, ``high``)."""
     runs = fixed_step_runs(frames["runs"])[["run", "lr", "width", "mean_step", "seed"]]
     layers = frames["layers"].merge(runs, on="run")
     rows = []
     for layer, d in layers.groupby("layer"):
         row = {"layer": layer, **{f"mean_{cos_column(k)}": d[f"mean_{cos_column(k)}"].mean() for k in LAGS}}
-        est = seed_bootstrap(*fixed_step_statistic(d, "mean_cos", "preact_change"), n_boot=n_boot)
+        est = seed_correlation(*fixed_step_statistic(d, "mean_cos", "preact_change"))
         rows.append({**row, "partial_corr_preact": est.value, "low": est.low, "high": est.high})
     return pd.DataFrame(rows)
 
@@ -563,7 +546,7 @@ def follow_correlations(frame: pd.DataFrame, column: str, x: str = "mean_cos") -
     ``column`` (NaN for fewer than 3 arms or a constant series)."""
     steered = frame[frame.arm == STEER]
     return steered.groupby("seed")[[x, column]].apply(
-        lambda d: _association(d[x].to_numpy(float), d[column].to_numpy(float)))
+        lambda d: spearman(d[x].to_numpy(float), d[column].to_numpy(float)))
 
 
 def follow_estimate(frame: pd.DataFrame, column: str, x: str = "mean_cos") -> Estimate:
@@ -624,43 +607,44 @@ def intervention_claims(frame: pd.DataFrame) -> list[Verdict]:
 
 # -------------------------------------------------------------------------------------- verdicts
 
+def seed_medians(assoc: pd.DataFrame, column: str) -> np.ndarray:
+    """Per seed, the median over its runs of ``column`` of ``within_run_associations`` (NaN runs left out)."""
+    return assoc.groupby("seed")[column].median().to_numpy(float)
+
+
 def claims(frames: dict, p) -> list[Verdict]:
     runs = usable(frames["runs"])
     norm, fixed = runs[runs.family == NORMALIZED], fixed_step_runs(runs)
-    boot = dict(n_boot=N_BOOT)
     verdicts = []
-    across = seed_bootstrap(*plain_statistic(runs, "mean_cos", "ntk_change"), **boot)
-    verdicts.append(compare(f"across runs from lazy to rich, without controls, a larger mean cosine goes with a "
-                            f"larger NTK change (rank correlation > {STRONG})", across.value, across.interval, ">",
-                            STRONG))
-    falls = seed_bootstrap(*lr_statistic(norm), **boot)
-    verdicts.append(compare(f"with normalized updates the mean cosine falls as the learning rate grows (partial rank "
-                            f"correlation < {FALLS} at fixed width and knobs)", falls.value, falls.interval, "<",
-                            FALLS))
+    across = seed_correlation(*plain_statistic(runs, "mean_cos", "ntk_change"))
+    verdicts.append(compare("across runs from lazy to rich, without controls, a larger mean cosine goes with a "
+                            "larger NTK change (rank correlation > {threshold})", across, None, ">", STRONG))
+    falls = seed_correlation(*lr_statistic(norm))
+    verdicts.append(compare("with normalized updates the mean cosine falls as the learning rate grows (partial rank "
+                            "correlation < {threshold} at fixed width and knobs)", falls, None, "<", FALLS))
     for k in LAGS:
         for measure, name in MEASURES.items():
-            est = seed_bootstrap(*fixed_step_statistic(fixed, f"mean_{cos_column(k)}", measure), **boot)
+            est = seed_correlation(*fixed_step_statistic(fixed, f"mean_{cos_column(k)}", measure))
             verdicts.append(compare(f"at fixed learning rate and width (fixed step length), runs with a larger "
-                                    f"{lag_name(k)} show a larger {name} (partial rank correlation > {STRONG})",
-                                    est.value, est.interval, ">", STRONG))
+                                    f"{lag_name(k)} show a larger {name} (partial rank correlation > {{threshold}})",
+                                    est, None, ">", STRONG))
     assoc = within_run_associations(frames["windows"], norm)
     for column, how in (("raw", "as they are"), ("detrended", "after removing the common time trend (first "
                                                                "differences)")):
-        values = assoc[column].to_numpy(float)
-        est = seed_bootstrap(assoc, lambda idx, v=values: float(np.nanmedian(v[idx])), **boot)
+        est = mean_interval(seed_medians(assoc, column))
         verdicts.append(compare(f"within runs, {how}, windows with a larger mean cosine show a faster-growing NTK "
-                                f"change (median rank correlation over runs > {STRONG})", est.value, est.interval,
-                                ">", STRONG))
+                                "change (median rank correlation over a seed's runs, mean over seeds > {threshold})",
+                                est, None, ">", STRONG))
     pair = lazy_pair(runs)
-    gd = bootstrap(pair.cos_gd.to_numpy(), np.mean, **boot)
-    verdicts.append(compare(f"small-step full-batch GD at the lazy end has a mean cosine above {LAZY_COSINE} (near 1, "
-                            "not near 0)", gd.value, gd.interval, ">", LAZY_COSINE))
-    drop = bootstrap((pair.cos_gd - pair.cos_sgd).to_numpy(), np.mean, **boot)
-    verdicts.append(compare(f"at the lazy end, mini-batch noise lowers the mean cosine by more than {NOISE_DROP}",
-                            drop.value, drop.interval, ">", NOISE_DROP))
-    ratio = bootstrap(pair[["ntk_sgd", "ntk_gd"]].to_numpy(), lambda a: float(a[:, 0].mean() / a[:, 1].mean()), **boot)
+    gd = mean_interval(pair.cos_gd.to_numpy(float))
+    verdicts.append(compare("small-step full-batch GD at the lazy end has a mean cosine above {threshold} (near 1, "
+                            "not near 0)", gd, None, ">", LAZY_COSINE))
+    drop = mean_interval((pair.cos_gd - pair.cos_sgd).to_numpy(float), unit="paired seeds")
+    verdicts.append(compare("at the lazy end, mini-batch noise lowers the mean cosine by more than {threshold}",
+                            drop, None, ">", NOISE_DROP))
+    ratio = ratio_of_means(pair.ntk_sgd.to_numpy(float), pair.ntk_gd.to_numpy(float), paired=True)
     verdicts.append(within(f"at the lazy end, mini-batch noise leaves the NTK change unchanged (ratio within "
-                           f"{LAZY_NTK_TOLERANCE:.0%} of 1)", ratio.value, ratio.interval, 1.0, LAZY_NTK_TOLERANCE))
+                           f"{LAZY_NTK_TOLERANCE:.0%} of {{target}})", ratio, None, 1.0, LAZY_NTK_TOLERANCE))
     if "intervention" in frames:
         verdicts += intervention_claims(frames["intervention"])
     return verdicts
