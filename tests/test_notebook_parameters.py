@@ -114,7 +114,11 @@ def test_validation_cell_names_the_bad_parameter(path, name, bad):
 def test_every_notebook_has_an_experiment_module_whose_schema_is_its_parameters_cell(path):
     module = all_modules().get(path.stem)
     assert module is not None, f"no nup.experiments module declares NOTEBOOK = {path.stem!r}"
-    assert isinstance(module.SCHEMA, Schema) and callable(module.run) and callable(module.claims)
+    assert isinstance(module.SCHEMA, Schema) and callable(module.run_experiment) and callable(module.claims)
+    assert not hasattr(module, "run"), "a notebook's whole experiment is run_experiment (nup.run is one training run)"
+    code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert sum("frames = experiment.run_experiment(p)" in source for source in code) == 1, \
+        "one code cell runs the experiment: frames = experiment.run_experiment(p)"
     assert list(_defaults(path.stem)) == list(module.SCHEMA.names), \
         "the parameters cell and the schema must list the same names, in the same order"
     module.SCHEMA.validate(_defaults(path.stem))
