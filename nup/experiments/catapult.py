@@ -1,5 +1,5 @@
 """Notebook 05, claim 7: the lazy / catapult / divergent phases of ``eta * lambda_0``, the upper edge of the
-catapult window against depth, and the Edge of Stability.
+catapult window against depth and width (depth or depth/width?), and the Edge of Stability.
 
 Full-batch GD with MSE ``|f - y|^2/(2n)``, ``K = J J^T/n``, ``lambda_0 = lambda_max(K_0)`` of every network
 (measured on its own training set), ``eta = ratio/lambda_0``.  Literature (Lewkowycz et al. 2020): lazy
