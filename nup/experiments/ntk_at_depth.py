@@ -1,33 +1,65 @@
-"""Notebook 02, claims 2-4: the NTK of Edge-of-Chaos networks at depth (growth, concentration, conditioning).
+"""Notebook 02, claims 2-4: the NTK of Edge-of-Chaos networks at depth (growth, the best learning rate,
+concentration, conditioning).
 
 **Claim 2** (ours, from the recursion; ``docs/definitions.md``).  At the EOC with constant width the NTK
 ``K_0 = J J^T/n`` grows about linearly with depth (``Theta^l(x, x) = l |x|^2/m_0`` on the diagonal), so a
-learning rate must shrink like ``1/l``.  Measured: ``lambda_max(K_0)`` (Lanczos) and ``trace(K_0)`` of
-``n_networks`` networks per (activation, width, depth) at two constant widths, their fitted exponents
-against depth next to the infinite-width exponent *over the same depths* (``nup.theory.kernels`` on the
-same samples), and the infinite-width exponent deep in the recursion (over the deepest quarter of the
-depths of claim 4, on ``cond_draws`` data draws).  Then full-batch GD at ``train_width``: a rate ``eta``
-with ``eta lambda_max = 1.5`` at ``reference_depth`` (``ETA_LAMBDA_REFERENCE``), transferred unchanged
-("fixed eta") and as ``eta * reference_depth/l``, over ``train_seeds`` seeds per depth.
+learning rate must shrink like ``1/l``.  *Growth*, measured: ``lambda_max(K_0)`` (Lanczos) and
+``trace(K_0)`` of ``n_networks`` networks per (activation, width, depth) at two constant widths, their
+fitted exponents against depth next to the infinite-width exponent *over the same depths*
+(``nup.theory.kernels`` on the same samples), and the infinite-width exponent deep in the recursion (over
+the deepest quarter of the depths of claim 4, on ``cond_draws`` data draws).
+
+*The learning rate*, measured by the best rate, not by the absence of spikes.  At ``train_width``, full-batch
+GD with MSE for ``steps`` steps on ``n_train`` images, ``train_seeds`` seeds, seed ``s`` both the
+initialization and the data draw (``data_seed``), so intervals include data variance and every depth sees
+the same draw for a given seed.  At every depth of ``train_depths`` a ``sqrt(2)`` grid of rates is run
+(``nup.analysis.best_lr.tune_along``: ``2*first_half_points + 1`` rates around ``lr_centers[activation]``
+at ``reference_depth``, which is tuned first, then ``2*half_points + 1`` rates around the line through the
+best rates so far, each grid widened by two rates while its minimum sits at an edge, at most ``max_widen``
+times).  The objective is the **final training loss** (mean over seeds of its log): the claim is about
+optimization (how large a step full-batch GD can take at a given depth), so the loss after a fixed budget
+of steps on the training set is what a rate is tuned for; generalization is not part of the claim, so no
+validation split is held out.  A run that diverges (non-finite, blown up, or ending no lower than it
+started) is scored at its initial loss (``score``): it ended no lower than that, so the score is a lower bound
+of where it ended.  (``nup.analysis.best_lr``'s own convention, the worst run of the table that trained, is too
+mild on a grid near the edge of stability, where every run that trained is good: a rate at which most seeds
+diverge could be chosen as the best.)
+
+Two transfer rules start from ``log2 lr_ref``, the best rate at ``reference_depth`` rounded to the grid:
+the **fixed rate** (``lr_ref`` at every depth) and the **scaled rate** ``lr_ref * l_ref/l``; both are run
+at every depth (as extra points where the grid misses them).  Verdicts: (a) the slope of ``log2(best
+lr)`` against ``log2(depth)`` (``nup.analysis.best_lr.depth_slope``, jackknife-t over whole seeds) lies
+within ``INVERSE_DEPTH[1]`` of -1 ("shrinks like ``1/l``"), and separately below 0 ("shrinks"); (b) each
+rule's regret (its loss over the depth's best, ``transfer_regret``, geometric mean over paired seeds) is
+below ``REGRET_THRESHOLD`` at every depth deeper than the reference (shallower depths are in the table:
+there the scaled rule raises the rate, and the best rate is capped by divergence); (c) at the deepest depth
+the fixed rate ends above the scaled one (geometric-mean ratio over paired seeds), and the table
+``rule_comparison`` reports the first depth from which it does.  As context (deciding nothing about the
+rule): ``lr_ref lambda_max(K_0)`` at the deepest depth (geometric mean over networks) against the quadratic
+model's stability bound 2, and each rule's fraction of spike-free runs.
 
 **Claim 3** (stated by the companion paper).  With widths ``m_k = k^2 m`` the empirical NTK (float64, one
 output, ``n_kernel`` samples) approaches the infinite-width NTK like ``m^(-1/2)`` uniformly in depth; at
 constant width the error grows with depth; the absolute value is closer than ReLU.  Measured: the relative
-Frobenius distance of ``kernel_networks`` networks per cell; statistics on the median over networks.
+Frobenius distance of ``kernel_networks`` networks per cell; statistics on the geometric mean over networks
+(the mean of ``log`` distance: the distance of one network is heavy-tailed at small width, and a mean of
+logs is a smooth statistic whose jackknife interval is Student's t).
 
 **Claim 4** (stated by the companion paper).  ``Delta_phi`` sets how fast ``cond(K_inf)`` reaches its deep
 limit, abs (``Delta = 1``) faster than ReLU (``Delta = 1/2``).  Measured on a sweep over ``Delta_phi``
 (leaky ReLU with slope ``alpha(Delta)``, ``alpha in [-1, 1)``; ``-1`` is abs, ``0`` ReLU): the depth from
 which ``cond`` stays within 5% of its limit, the limit *extrapolated* from the deep tail
-(``cond(l) = c + (a + b log l)/l``) rather than read off at the last depth computed.
+(``cond(l) = c + (a + b log l)/l``, ``nup.analysis.depth_profiles``) rather than read off at the last depth
+computed.
 
-Frames (``run``): ``spectrum`` (one row per network), ``spectrum_inf`` (infinite width on the training
-samples), ``eta``, ``loss_curves`` and ``outcomes`` (one row per training run and rule), ``distance`` (one
-row per network), ``condition`` (cond and lambda_max of ``K_inf`` per draw, Delta and depth) and ``settle``
-(per draw and Delta: limit, settling depth).  ``claims`` decides every verdict by a 95% bootstrap interval
-over networks, seeds or data draws (``nup.analysis.verdicts``), or by the point where the number is an exact
-count or a deterministic function of the data; the thresholds are the constants below, fixed before the
-full-size run.
+Frames (``run_experiment``): ``spectrum`` (one row per network), ``spectrum_inf`` (infinite width on the
+training samples), ``runs`` (one row per training run of the learning-rate sweep; ``in_grid`` False for a
+rule's rate run outside the grid), ``transferred`` (``log2 lr_ref`` per activation), ``distance`` (one row
+per network), ``condition`` (cond and lambda_max of ``K_inf`` per draw, Delta and depth) and ``settle`` (per
+draw and Delta: limit, settling depth).  ``claims`` decides every verdict by a 95% jackknife-t interval
+(``nup.analysis.stats``) over networks, seeds or data draws, each line printing its n (the unit is
+``seeds`` for networks and data draws too: each is one seed's draw), or by the point where the number is
+deterministic; the thresholds are the constants below, fixed before the full-size run.
 """
 
 from __future__ import annotations
@@ -40,23 +72,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nup.analysis.best_lr import best_log2_lr, depth_slope, log_loss_table, transfer_regret, tune_along
 from nup.analysis.catapult import classify_phase, largest_rise
-from nup.analysis.fits import Estimate, bootstrap, mean_bootstrap, power_law, ratio_bootstrap
+from nup.analysis.depth_profiles import geometric_depths, local_exponents, settle_depth, tail_model
+from nup.analysis.fits import mean_curve_exponent, power_law
 from nup.analysis.frames import metric
-from nup.analysis.verdicts import Verdict, all_of, compare, within
+from nup.analysis.stats import Estimate, jackknife_t, mean_interval, paired_log_ratio, ratio_of_means
+from nup.analysis.verdicts import Verdict, all_of, compare, format_number, within
 from nup.core.activations import ACTIVATIONS, leaky_relu
 from nup.core.device import resolve_device
 from nup.core.mlp import hidden_widths
 from nup.core.param import NTK
 from nup.experiments import RUN_THREADS
-from nup.experiments.schema import Choice, Float, Int, List, Schema
+from nup.experiments.schema import MIN_SEEDS, Choice, Dict, Float, Int, List, Schema
 from nup.linalg.lanczos import lanczos
 from nup.linalg.tangent_kernel import NTKOperator, empirical_ntk, ntk_top_eigenvalue, ntk_trace
-from nup.progress import progress
 from nup.theory.kernels import iterate_kernels, ntk_kernel
 from nup.training.config import RunConfig
 from nup.training.data import load_fashion_mnist
-from nup.training.loop import build_model_and_data, torch_threads
+from nup.training.loop import build_model_and_data
 from nup.training.sweep import parallel_map, sweep
 
 NOTEBOOK = "02_ntk_at_depth"
@@ -70,12 +104,16 @@ def _check_params(p) -> None:
     if p.reference_depth not in p.train_depths:
         raise ValueError(f"reference_depth={p.reference_depth!r} is not allowed; reference_depth must be one of "
                          f"train_depths={list(p.train_depths)}")
+    if p.reference_depth == max(p.train_depths):
+        raise ValueError(f"reference_depth={p.reference_depth!r} is not allowed; it must be shallower than the "
+                         f"deepest of train_depths={list(p.train_depths)} (the rules are compared deeper)")
     if p.train_width not in p.widths:
         raise ValueError(f"train_width={p.train_width!r} is not allowed; train_width must be one of widths="
                          f"{list(p.widths)} (the trained networks' spectra are part of the growth fits)")
-    if p.train_seeds > p.n_networks:
-        raise ValueError(f"train_seeds={p.train_seeds!r} is not allowed; train_seeds must be <= n_networks="
-                         f"{p.n_networks} (the trained networks are the first spectra's networks)")
+    missing = [a for a in p.activations if a not in p.lr_centers]
+    if missing:
+        raise ValueError(f"lr_centers={dict(p.lr_centers)!r} is not allowed; it needs a log2 rate for every "
+                         f"activation (missing {missing})")
     for delta in (0.5, 1.0):
         if delta not in p.cond_deltas:
             raise ValueError(f"cond_deltas={list(p.cond_deltas)!r} is not allowed; cond_deltas must include 0.5 "
@@ -93,18 +131,26 @@ def _check_params(p) -> None:
 SCHEMA = Schema(
     List("activations", item=Choice("activation", choices=tuple(ACTIVATIONS)), distinct=True, min_length=2,
          help="presets of the family a*s + b*abs(s); must include relu and abs"),
-    # Claim 2: growth of K_0 and the learning rate (constant width, one-hot MSE, full-batch GD)
+    # Claim 2: growth of K_0 and the best learning rate (constant width, one-hot MSE, full-batch GD)
     List("widths", item=Int("width", minimum=2), min_length=2, increasing=True,
          help="constant widths of the spectra; the verdicts compare the smallest and the largest"),
     List("depths", item=Int("depth", minimum=1), min_length=2, increasing=True,
          help="depths of the spectra and of the exponent fits"),
-    Int("n_train", minimum=2, help="training samples (the spectra use the same ones)"),
-    Int("n_networks", minimum=2, help="random networks per (activation, width, depth)"),
+    Int("n_train", minimum=2, help="training samples (the spectra use the same number)"),
+    Int("n_networks", minimum=MIN_SEEDS, help=f"random networks per (activation, width, depth); at least "
+        f"{MIN_SEEDS} (interval coverage)"),
     Int("train_width", minimum=2, help="constant width of the trained networks"),
-    List("train_depths", item=Int("depth", minimum=1), min_length=2, increasing=True),
-    Int("train_seeds", minimum=2, help="training runs per (activation, depth, rule)"),
-    Int("reference_depth", minimum=1, help="eta has eta lambda_max 1.5 at this depth"),
+    List("train_depths", item=Int("depth", minimum=1), min_length=3, increasing=True,
+         help="depths of the learning-rate sweep (at least 3: a slope and a deeper comparison)"),
+    Int("train_seeds", minimum=MIN_SEEDS, help=f"seeds (initialization and data draw) per sweep point; at least "
+        f"{MIN_SEEDS} (interval coverage)"),
+    Int("reference_depth", minimum=1, help="the depth tuned first; its best rate is the one transferred"),
     Int("steps", minimum=1, help="full-batch GD steps"),
+    Dict("lr_centers", keys=tuple(ACTIVATIONS), value=Float("log2_lr"), partial=True,
+         help="log2 of the centre of each activation's first grid (at reference_depth)"),
+    Int("first_half_points", minimum=1, help="grid points on each side of the centre at reference_depth"),
+    Int("half_points", minimum=1, help="grid points on each side of the extrapolated optimum at other depths"),
+    Int("max_widen", minimum=0, help="how many times a grid is widened by two points at its edge"),
     # Claim 3: distance of the empirical NTK to the infinite-width NTK (one output, float64)
     List("kernel_depths", item=Int("depth", minimum=1), min_length=2, increasing=True),
     List("constant_widths", item=Int("width", minimum=1), min_length=2, increasing=True),
@@ -112,12 +158,12 @@ SCHEMA = Schema(
          help="base widths m of the profile k^2 m"),
     Int("max_hidden_width", minimum=2, help="cells whose widest hidden layer is wider are skipped"),
     Int("n_kernel", minimum=2, help="samples of the kernels of claims 3 and 4"),
-    Int("kernel_networks", minimum=2, help="random networks per cell"),
+    Int("kernel_networks", minimum=MIN_SEEDS, help=f"random networks per cell; at least {MIN_SEEDS}"),
     # Claim 4: condition number of the infinite-width NTK against depth, over Delta_phi
     List("cond_deltas", item=Float("delta", minimum=0.01, maximum=1.0), min_length=3, increasing=True,
          help="Delta_phi of the leaky ReLU sweep; must include 0.5 (relu) and 1.0 (abs)"),
     Int("cond_max_depth", minimum=64, help="deepest depth of the recursion"),
-    Int("cond_draws", minimum=2, help="data draws of n_kernel samples"),
+    Int("cond_draws", minimum=MIN_SEEDS, help=f"data draws of n_kernel samples; at least {MIN_SEEDS}"),
     Int("n_jobs", minimum=1, help="worker processes (the results do not depend on it)"),
     Int("seed", minimum=0),
     checks=(_check_params,),
@@ -127,27 +173,29 @@ SCHEMA = Schema(
 LINEAR = (1.0, 0.2)               # "grows like depth": fitted exponent within 0.2 of 1
 ASYMPTOTIC = (1.0, 0.1)           # deep in the recursion: exponent within 0.1 of 1
 EXPONENT_GAP = 0.2                # finite- and infinite-width exponents of lambda_max within 0.2
-ETA_LAMBDA_REFERENCE = 1.5        # eta lambda_max at the reference depth (mean over networks)
+INVERSE_DEPTH = (-1.0, 0.2)       # "shrinks like 1/l": slope of log2 best lr vs log2 depth within 0.2 of -1
+                                  # (the tolerance of "grows like depth")
+REGRET_THRESHOLD = 1.25           # a rule transfers: its loss < 1.25 x the depth's best (paired seeds), the
+                                  # value notebook 03 uses
 STABLE = 2.0                      # GD on the quadratic model is stable for eta lambda_max < 2
-SPIKE = 0.01                      # a loss spike: the loss rises > 1% above its running minimum
+SPIKE = 0.01                      # a loss spike: the loss rises > 1% above its running minimum (context only)
 CONCENTRATION_EXPONENT = (-0.5, 0.15)  # k^2 widths: the error ~ m^p with p within 0.15 of -1/2
 FLAT = 1.5                        # k^2 widths: error(deepest)/error(shallowest) below 1.5
 WORSENS = 1.5                     # constant width: error(deepest)/error(shallowest) above 1.5
 SETTLE = 0.05                     # cond(K_inf) within 5% of its deep limit
 SAME_LIMIT = 0.05                 # the deep limits of cond(K_inf) agree within 5% across Delta_phi
 LANCZOS_TOL = 1e-4
-N_BOOT = 1000
-ETA_DIGITS = 4                    # eta is rounded, so its runs stay cached when Lanczos' last digits move
+LR_STEP = 0.5                     # the grid step in log2(lr): a sqrt(2) grid
 KERNEL_DATA_SEED = 1              # data seeds of claims 3 (the first) and 4 (1, 2, ...)
-RULES = ("fixed eta", "eta * l_ref/l")
+RULES = ("fixed rate", "rate * l_ref/l")
 
 
 # ---------------------------------------------------------------------------- running things
 
-def run(p) -> dict:
-    """Spectra and training (claim 2), kernel distances (claim 3), condition numbers (claim 4)."""
+def run_experiment(p) -> dict:
+    """Spectra and the learning-rate sweep (claim 2), kernel distances (claim 3), condition numbers (claim 4)."""
     frames = growth(p)
-    frames.update(training(p, frames["spectrum"]))
+    frames.update(training(p))
     frames["distance"] = concentration(p)
     frames.update(conditioning(p))
     return frames
@@ -156,7 +204,7 @@ def run(p) -> dict:
 # ---------------------------------------------------------------------------- claim 2: growth
 
 def run_config(p, activation: str, depth: int, width: int, seed: int, lr: float = 1.0) -> RunConfig:
-    """The training run (and, with any ``lr``, the network and data of the spectra): NTK parameterization."""
+    """The network and data of the spectra (data draw 0): NTK parameterization."""
     return RunConfig(parameterization="ntk", activation=activation, depth=depth, width=width, n_train=p.n_train,
                      lr=lr, steps=p.steps, seed=seed, threads=RUN_THREADS)
 
@@ -189,12 +237,6 @@ def _spectrum_cells(p) -> list[tuple[str, int, int]]:
     cells = {(a, w, d) for a in p.activations for w in p.widths for d in p.depths}
     cells |= {(a, p.train_width, d) for a in p.activations for d in p.train_depths}
     return sorted(cells, key=lambda c: -c[1] ** 2 * c[2])  # the dearest first, for the workers' balance
-
-
-def geometric_depths(max_depth: int, per_octave: int = 8, dense_up_to: int = 1) -> np.ndarray:
-    """Every depth up to ``dense_up_to``, then about ``per_octave`` depths per doubling, up to ``max_depth``."""
-    grid = np.round(2.0 ** np.arange(0, math.log2(max_depth), 1 / per_octave)).astype(int)
-    return np.unique(np.concatenate([np.arange(1, dense_up_to + 1), grid, [max_depth]]))
 
 
 def infinite_width_lambda(x, activation, depths) -> np.ndarray:
@@ -239,20 +281,11 @@ def network_matrix(frame: pd.DataFrame, value: str, column: str = "depth", row: 
     return table.columns.to_numpy(dtype=float), table.to_numpy(dtype=float)
 
 
-def mean_exponent(xs, matrix) -> float:
-    """Exponent of ``mean over rows ~ xs^p`` (rows: networks)."""
-    return power_law(xs, np.mean(matrix, axis=0)).exponent
-
-
-def median_exponent(xs, matrix) -> float:
-    """Exponent of ``median over rows ~ xs^p`` (robust to the heavy tail of small widths)."""
-    return power_law(xs, np.median(matrix, axis=0)).exponent
-
-
 def growth_exponents(frames: dict, p) -> pd.DataFrame:
     """Per activation, width and quantity (``lambda_max``, ``trace``, and at ``train_width``
-    ``lambda_max_output``, one output's block): the fitted exponent against depth (over ``p.depths``) with
-    its bootstrap interval over networks, and the infinite-width exponent over the same depths."""
+    ``lambda_max_output``, one output's block): the exponent of the mean over networks against depth (over
+    ``p.depths``) with its jackknife-t interval over networks (``mean_curve_exponent``), n, and the
+    infinite-width exponent over the same depths."""
     spectrum = frames["spectrum"][frames["spectrum"].depth.isin(p.depths)]
     inf = frames["spectrum_inf"]
     rows = []
@@ -261,90 +294,239 @@ def growth_exponents(frames: dict, p) -> pd.DataFrame:
         p_inf = power_law(d_inf.depth, d_inf.lambda_max).exponent
         quantities = ("lambda_max", "trace") + (("lambda_max_output",) if width == p.train_width else ())
         for quantity in quantities:
-            xs, matrix = network_matrix(d, quantity)
-            e = bootstrap(matrix, lambda m, xs=xs: mean_exponent(xs, m), n_boot=N_BOOT, seed=p.seed)
-            rows.append((act, width, quantity, e.value, e.low, e.high, 1.0 if quantity == "trace" else p_inf))
-    return pd.DataFrame(rows, columns=["activation", "width", "quantity", "exponent", "low", "high",
+            e = mean_curve_exponent(*network_matrix(d, quantity))
+            rows.append((act, width, quantity, e.value, e.low, e.high, e.n, 1.0 if quantity == "trace" else p_inf))
+    return pd.DataFrame(rows, columns=["activation", "width", "quantity", "exponent", "low", "high", "n",
                                        "infinite_width"])
 
 
-def local_exponents(depths, values) -> pd.DataFrame:
-    """``d log values / d log depth`` between consecutive depths, at their geometric midpoints."""
-    depths, values = np.asarray(depths, dtype=float), np.asarray(values, dtype=float)
-    slope = np.diff(np.log(values)) / np.diff(np.log(depths))
-    return pd.DataFrame({"depth": np.sqrt(depths[1:] * depths[:-1]), "exponent": slope})
+# ---------------------------------------------------------------------------- claim 2: the best learning rate
+
+def sweep_config(p, activation: str, depth: int, log2_lr: float, seed: int) -> RunConfig:
+    """One run of the learning-rate sweep: NTK parameterization at ``train_width``, seed ``s`` both the
+    initialization and the data draw."""
+    return RunConfig(parameterization="ntk", activation=activation, depth=depth, width=p.train_width,
+                     n_train=p.n_train, lr=2.0**log2_lr, steps=p.steps, seed=p.seed + seed, data_seed=p.seed + seed,
+                     threads=RUN_THREADS)
 
 
-# ---------------------------------------------------------------------------- claim 2: training
+def tuning_order(train_depths: Sequence[int], reference_depth: int) -> list[int]:
+    """The reference depth first (its best rate is the one transferred), then the deeper depths in
+    increasing order, then the shallower ones in decreasing order (each grid starts from the line through
+    the best rates of the depths tuned before it)."""
+    depths = sorted(train_depths)
+    return ([reference_depth] + [d for d in depths if d > reference_depth]
+            + [d for d in reversed(depths) if d < reference_depth])
 
-def reference_eta(spectrum: pd.DataFrame, p) -> dict[str, float]:
-    """``eta = 1.5 / mean lambda_max`` of the ``train_width`` networks at ``reference_depth``, rounded."""
-    at = spectrum[(spectrum.width == p.train_width) & (spectrum.depth == p.reference_depth)]
-    lam = at.groupby("activation").lambda_max.mean()
-    return {a: float(f"{ETA_LAMBDA_REFERENCE / lam[a]:.{ETA_DIGITS}g}") for a in p.activations}
+
+def scaled_log2_lr(transferred: float, depth: int, reference_depth: int) -> float:
+    """``log2`` of the scaled rule's rate ``lr_ref * reference_depth/depth``."""
+    return round(transferred + math.log2(reference_depth / depth), 9)
 
 
-def rule_lr(eta: float, rule: str, depth: int, reference_depth: int) -> float:
-    """The learning rate of ``rule`` at ``depth``: ``eta``, or ``eta * reference_depth/depth``."""
+def rule_log2_lr(rule: str, transferred: float, depth: int, reference_depth: int) -> float:
+    """``log2`` of the rate of ``rule`` at ``depth``: ``lr_ref`` (fixed) or ``lr_ref * l_ref/l``."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} is not allowed; one of {', '.join(RULES)}")
-    return eta if rule == RULES[0] else eta * (reference_depth / depth)
+    return transferred if rule == RULES[0] else scaled_log2_lr(transferred, depth, reference_depth)
 
 
 def run_outcome(loss: Sequence[float], diverged: bool) -> dict:
-    """One run's outcome from its loss curve (step order): ``first``, ``last``, ``rise`` (the largest
-    rise above the running minimum, ``nup.analysis.catapult.largest_rise``), ``diverged`` (non-finite,
-    a blow-up, or a final loss not below the initial one: ``classify_phase`` with ``settle=1``) and
-    ``smooth`` (not diverged, no rise above ``SPIKE``, ending lower than it started)."""
+    """One run's outcome from its loss curve (step order): ``first``, ``loss`` (the final loss, NaN when
+    diverged), ``rise`` (the largest rise above the running minimum, ``nup.analysis.catapult.largest_rise``),
+    ``diverged`` (non-finite, a blow-up, or a final loss not below the initial one: ``classify_phase`` with
+    ``settle=1``) and ``smooth`` (not diverged, no rise above ``SPIKE``, ending lower than it started)."""
     loss = np.asarray(loss, dtype=float)
     divergent = classify_phase(loss, diverged, settle=1.0) == "divergent"
     rise = largest_rise(loss)
-    last = float(loss[-1]) if not divergent else math.nan
     smooth = bool(not divergent and rise <= SPIKE and loss[-1] < loss[0])
-    return {"first": float(loss[0]), "last": last, "rise": rise, "diverged": divergent, "smooth": smooth}
+    return {"first": float(loss[0]), "loss": float(loss[-1]) if not divergent else math.nan, "rise": rise,
+            "diverged": divergent, "smooth": smooth}
 
 
-def training(p, spectrum: pd.DataFrame) -> dict:
-    """Full-batch GD at ``train_width`` with the fixed and the scaled rate; ``outcomes`` has one row per
-    (activation, rule, depth, seed) with ``eta_lambda = lr * lambda_max(K_0)`` of that very network."""
-    eta = reference_eta(spectrum, p)
-    keys = [(a, rule, d, s) for a in p.activations for rule in RULES for d in p.train_depths
-            for s in range(p.train_seeds)]
-    configs = {k: run_config(p, k[0], k[2], p.train_width, p.seed + k[3], rule_lr(eta[k[0]], k[1], k[2],
-                                                                                  p.reference_depth)) for k in keys}
-    unique = list(dict.fromkeys(configs.values()))  # at the reference depth both rules are the same runs
-    runs = sweep(unique, n_jobs=p.n_jobs, columns=["activation", "depth", "seed", "lr"])
-    index = {c: i for i, c in enumerate(unique)}
+def _sweep_runs(p, depth: int, todo: list[tuple]) -> pd.DataFrame:
+    """Run ``todo = [(activation, log2_lr, seed)]`` at ``depth``: one row per run with its outcome and its
+    ``score``, the final loss or, for a diverged run, its initial loss (module docstring)."""
+    configs = [sweep_config(p, a, depth, x, s) for a, x, s in todo]
+    runs = sweep(configs, n_jobs=p.n_jobs, progress=False)
     loss = metric(runs, "loss").sort_values(["run", "step"])
     curves = {run: g.value.to_numpy() for run, g in loss.groupby("run")}
     diverged = runs.groupby("run").diverged.first()
-    lam = spectrum[spectrum.width == p.train_width].set_index(["activation", "depth", "seed"]).lambda_max
-    rows, curve_rows = [], []
-    for k, config in configs.items():
-        run = index[config]
-        outcome = run_outcome(curves[run], bool(diverged[run]))
-        rows.append({"activation": k[0], "rule": k[1], "depth": k[2], "seed": k[3], "lr": config.lr, **outcome,
-                     "eta_lambda": config.lr * lam[k[0], k[2], k[3]]})
-        steps = loss[loss.run == run].step.to_numpy()
-        curve_rows.append(pd.DataFrame({"activation": k[0], "rule": k[1], "depth": k[2], "seed": k[3],
-                                        "step": steps, "loss": curves[run]}))
-    return {"eta": pd.Series(eta, name="eta").rename_axis("activation").reset_index(),
-            "outcomes": pd.DataFrame(rows), "loss_curves": pd.concat(curve_rows, ignore_index=True)}
+    rows = []
+    for i, (a, x, s) in enumerate(todo):
+        outcome = run_outcome(curves.get(i, np.array([math.nan])), bool(diverged[i]))
+        score = outcome["first"] if outcome["diverged"] else outcome["loss"]
+        rows.append({"activation": a, "depth": depth, "log2_lr": x, "seed": s, "lr": configs[i].lr, **outcome,
+                     "score": score})
+    return pd.DataFrame(rows)
 
 
-def first_divergence(outcomes: pd.DataFrame, rule: str = RULES[0]) -> pd.Series:
-    """Per activation: the smallest depth at which a run of ``rule`` diverged (``inf`` if none did)."""
-    d = outcomes[outcomes.rule == rule]
-    first = d[d.diverged].groupby("activation").depth.min()
-    return first.reindex(d.activation.unique()).astype(float).fillna(math.inf)
+def training(p) -> dict:
+    """The learning-rate sweep at ``train_width`` (module docstring): ``runs`` (one row per run) and
+    ``transferred`` (the best ``log2 lr`` at ``reference_depth``, on the grid, per activation)."""
+    parts: list[pd.DataFrame] = []
+    current: dict[str, pd.DataFrame] = {}
+
+    def execute(depth, todo, in_grid):
+        parts.append(_sweep_runs(p, depth, todo).assign(in_grid=in_grid))
+        current["runs"] = pd.concat(parts, ignore_index=True)
+
+    seeds = list(range(p.train_seeds))
+    transferred = tune_along(tuning_order(p.train_depths, p.reference_depth), list(p.activations), seeds,
+                             p.lr_centers, p.first_half_points, p.half_points, p.max_widen, execute,
+                             lambda act, depth: sweep_table(current["runs"], act, depth), LR_STEP,
+                             desc="learning-rate sweep")
+    for depth in sorted(p.train_depths):  # the scaled rule's rate where no grid holds it
+        runs = current["runs"]
+        todo = []
+        for act in p.activations:
+            if not math.isfinite(transferred[act]):
+                continue
+            x = scaled_log2_lr(transferred[act], depth, p.reference_depth)
+            done = runs[(runs.activation == act) & (runs.depth == depth)].log2_lr
+            if not np.isclose(done, x).any():
+                todo += [(act, x, s) for s in seeds]
+        if todo:
+            execute(depth, todo, False)
+    runs = pd.concat(parts, ignore_index=True).sort_values(["activation", "depth", "log2_lr", "seed"],
+                                                           ignore_index=True)
+    return {"runs": runs, "transferred": pd.Series(transferred, name="log2_lr").rename_axis("activation")}
 
 
-def deepest_stable_depth(outcomes: pd.DataFrame, activation: str, rule: str = RULES[0]) -> float:
-    """The deepest depth at which no run of ``rule`` diverged, below the first divergence (``nan`` if none)."""
-    d = outcomes[(outcomes.rule == rule) & (outcomes.activation == activation)]
-    first = first_divergence(d, rule)[activation]
-    ok = d[d.depth < first].depth
-    return float(ok.max()) if len(ok) else math.nan
+def sweep_table(runs: pd.DataFrame, activation: str, depth: int, grid_only: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(log2_lrs, scores)`` of one activation's sweep at one depth: seeds (rows, sorted) x rates, the final
+    loss or, where a run diverged, its initial loss; ``grid_only``: without the rules' extra rates outside
+    the grid."""
+    d = runs[(runs.activation == activation) & (runs.depth == depth)]
+    if grid_only and "in_grid" in d:
+        d = d[d.in_grid.astype(bool)]
+    t = d.pivot_table(index="seed", columns="log2_lr", values="score", aggfunc="first", dropna=False)
+    return t.columns.to_numpy(dtype=float), t.to_numpy(dtype=float)
+
+
+def best_rates(runs: pd.DataFrame, spectrum: pd.DataFrame | None = None, train_width: int | None = None
+               ) -> pd.DataFrame:
+    """Per activation and depth: the best ``log2 lr`` (the parabola vertex around the grid minimum of the
+    mean log-score), where the grid minimum sits in its grid (``position`` of ``n_lrs``, 1-based; ``edge``
+    when it stayed at an edge after widening), the grid's extent, the geometric mean over seeds of the score
+    at the grid minimum, and, given the spectra, ``best lr * mean lambda_max(K_0)`` of the ``train_width``
+    networks at that depth."""
+    lam = None
+    if spectrum is not None:
+        lam = spectrum[spectrum.width == train_width].groupby(["activation", "depth"]).lambda_max.mean()
+    rows = []
+    for (act, depth), _ in runs.groupby(["activation", "depth"]):
+        x, losses = sweep_table(runs, act, depth)
+        best = best_log2_lr(x, losses)
+        loss = float(np.exp(log_loss_table(losses)[:, best.index].mean())) if best.index >= 0 else math.nan
+        eta_lambda = 2.0**best.value * lam[act, depth] if lam is not None and (act, depth) in lam else math.nan
+        rows.append((act, int(depth), best.value, best.index + 1, len(x), best.edge or "", x[0], x[-1], loss,
+                     eta_lambda))
+    return pd.DataFrame(rows, columns=["activation", "depth", "log2_best_lr", "position", "n_lrs", "edge",
+                                       "grid_low", "grid_high", "best_loss", "best_lr_x_lambda_max"])
+
+
+def loss_by_rate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per activation, depth and rate (every rate run, the rules' extra ones included): the geometric mean
+    over seeds of the score (final loss, or initial loss if diverged) and the fraction of runs that diverged."""
+    return (runs.assign(log_score=np.log(runs.score))
+            .groupby(["activation", "depth", "log2_lr"], as_index=False)
+            .agg(log_score=("log_score", "mean"), diverged=("diverged", "mean"))
+            .assign(score=lambda d: np.exp(d.log_score)).drop(columns="log_score"))
+
+
+def best_rate_slope(runs: pd.DataFrame, activation: str) -> Estimate:
+    """Slope of ``log2(best lr)`` against ``log2(depth)`` with its jackknife-t interval over whole seeds
+    (``nup.analysis.best_lr.depth_slope``)."""
+    d = runs[runs.activation == activation]
+    return depth_slope({int(depth): sweep_table(runs, activation, depth) for depth in sorted(d.depth.unique())})
+
+
+def _rule_losses(runs: pd.DataFrame, activation: str, depth: int, log2_lr: float) -> np.ndarray:
+    """Per seed (sorted) the score (final loss, or initial loss if diverged) at ``log2_lr`` among every rate
+    run at ``depth``."""
+    x, losses = sweep_table(runs, activation, depth, grid_only=False)
+    hits = np.flatnonzero(np.isclose(x, log2_lr))
+    if len(hits) != 1:
+        raise ValueError(f"log2_lr={log2_lr!r} was not run for {activation} at depth {depth}")
+    return np.exp(log_loss_table(losses)[:, hits[0]])
+
+
+def rule_regrets(runs: pd.DataFrame, transferred: pd.Series, reference_depth: int) -> pd.DataFrame:
+    """Per activation, rule and depth other than the reference: the rule's regret, its score over the score at
+    the depth's grid minimum (every rate run there, paired seeds, ``transfer_regret``), with its interval."""
+    rows = []
+    for act in transferred.index:
+        for depth in sorted(runs[runs.activation == act].depth.unique()):
+            if depth == reference_depth:
+                continue
+            for rule in RULES:
+                n = runs.seed.nunique()
+                if math.isfinite(transferred[act]):
+                    x = rule_log2_lr(rule, transferred[act], depth, reference_depth)
+                    est = transfer_regret(*sweep_table(runs, act, depth, grid_only=False), x)
+                else:
+                    x, est = math.nan, Estimate(math.nan, math.nan, math.nan, n=n, unit="paired seeds")
+                rows.append((act, rule, int(depth), x, est.value, est.low, est.high, est.n))
+    return pd.DataFrame(rows, columns=["activation", "rule", "depth", "log2_lr", "regret", "low", "high", "n"])
+
+
+def rule_comparison(runs: pd.DataFrame, transferred: pd.Series, reference_depth: int) -> pd.DataFrame:
+    """Per activation and depth deeper than the reference: the fixed rate's final loss over the scaled
+    rate's, geometric mean over paired seeds with its interval, and ``fixed`` = ``"higher"`` / ``"lower"``
+    when the interval lies wholly above / below 1 (``"undecided"`` otherwise)."""
+    rows = []
+    for act in transferred.index:
+        for depth in sorted(runs[runs.activation == act].depth.unique()):
+            if depth <= reference_depth:
+                continue
+            if math.isfinite(transferred[act]):
+                fixed = _rule_losses(runs, act, depth, rule_log2_lr(RULES[0], transferred[act], depth, reference_depth))
+                scaled = _rule_losses(runs, act, depth,
+                                      rule_log2_lr(RULES[1], transferred[act], depth, reference_depth))
+                est = paired_log_ratio(fixed, scaled)
+            else:
+                est = Estimate(math.nan, math.nan, math.nan, n=runs.seed.nunique(), unit="paired seeds")
+            side = "higher" if est.low > 1 else "lower" if est.high < 1 else "undecided"
+            rows.append((act, int(depth), est.value, est.low, est.high, est.n, side))
+    return pd.DataFrame(rows, columns=["activation", "depth", "fixed_over_scaled", "low", "high", "n", "fixed"])
+
+
+def first_loss_depth(comparison: pd.DataFrame) -> pd.Series:
+    """Per activation: the first depth from which the fixed rate ends decidedly higher than the scaled one at
+    every deeper depth trained (``inf`` when it does not at the deepest)."""
+    out = {}
+    for act, d in comparison.groupby("activation", sort=False):
+        d = d.sort_values("depth")
+        higher = (d.fixed == "higher").to_numpy()
+        if not len(higher) or not higher[-1]:
+            out[act] = math.inf
+            continue
+        not_higher = np.flatnonzero(~higher)
+        out[act] = float(d.depth.iloc[not_higher[-1] + 1] if len(not_higher) else d.depth.iloc[0])
+    return pd.Series(out, name="first depth from which the fixed rate ends higher")
+
+
+def rule_summary(runs: pd.DataFrame, transferred: pd.Series, reference_depth: int) -> pd.DataFrame:
+    """Per activation, depth and rule (and the depth's best grid rate): the rate, the fraction of runs that
+    diverged and that trained smoothly (no loss spike; context, deciding nothing), the largest loss rise, the
+    mean final loss of the runs that did not diverge, and the geometric mean over seeds of the score (what the
+    regrets compare)."""
+    best = best_rates(runs).set_index(["activation", "depth"])
+    rows = []
+    for (act, depth), d in runs.groupby(["activation", "depth"]):
+        x_grid, losses = sweep_table(runs, act, depth)
+        index = best.loc[(act, depth)].position - 1
+        picks = {"best grid rate": x_grid[index]} if index >= 0 else {}
+        if math.isfinite(transferred[act]):
+            picks.update({rule: rule_log2_lr(rule, transferred[act], depth, reference_depth) for rule in RULES})
+        for name, x in picks.items():
+            r = d[np.isclose(d.log2_lr, x)]
+            rows.append((act, int(depth), name, 2.0**x, float(r.diverged.mean()), float(r.smooth.mean()),
+                         float(r.rise.max()), float(r.loss.mean()), float(np.exp(np.log(r.score).mean())), len(r)))
+    return pd.DataFrame(rows, columns=["activation", "depth", "rate", "lr", "diverged", "smooth", "largest_rise",
+                                       "final_loss", "score", "runs"]).set_index(["activation", "depth", "rate"])
 
 
 # ---------------------------------------------------------------------------- claim 3: concentration
@@ -405,47 +587,53 @@ def distance_matrix(distance: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _median(matrix: np.ndarray, columns: list[int]) -> np.ndarray:
-    return np.median(matrix[:, columns], axis=0)
+def _log_cells(table: pd.DataFrame, cells) -> np.ndarray:
+    """``log`` distance per network (rows) in each of ``cells`` (columns of ``table``)."""
+    return np.log(table[list(cells)].to_numpy(dtype=float))
 
 
-def concentration_exponent(table: pd.DataFrame, activation: str, profile: str, depth: int, **boot) -> Estimate:
-    """Exponent of the median distance against the (base) width, bootstrapped over networks."""
-    cols = [i for i, c in enumerate(table.columns) if c[:3] == (activation, profile, depth)]
-    widths = np.array([table.columns[i][3] for i in cols], dtype=float)
-    return bootstrap(table.to_numpy(), lambda m: power_law(widths, _median(m, cols)).exponent, **boot)
+def concentration_exponent(table: pd.DataFrame, activation: str, profile: str, depth: int) -> Estimate:
+    """Exponent of the geometric mean over networks of the distance against the (base) width, with its
+    jackknife-t interval over networks (the exponent of the mean log curve is the mean of the networks'
+    own exponents, so the interval is Student's t)."""
+    cells = [c for c in table.columns if c[:3] == (activation, profile, depth)]
+    widths = np.log(np.array([c[3] for c in cells], dtype=float))
+    return jackknife_t(_log_cells(table, cells), lambda m: float(np.polyfit(widths, m.mean(axis=0), 1)[0]))
 
 
-def depth_growth(table: pd.DataFrame, activation: str, profile: str, shallow: int, deep: int, widths, **boot
-                 ) -> Estimate:
-    """Geometric mean over ``widths`` of ``median(deep)/median(shallow)``, bootstrapped over networks."""
-    pos = {c: i for i, c in enumerate(table.columns)}
-    num = [pos[activation, profile, deep, w] for w in widths]
-    den = [pos[activation, profile, shallow, w] for w in widths]
-    return bootstrap(table.to_numpy(), lambda m: float(np.exp(np.mean(np.log(_median(m, num) / _median(m, den))))),
-                     **boot)
+def _geometric_ratio(table: pd.DataFrame, num_cells, den_cells) -> Estimate:
+    """Geometric mean over networks and cell pairs of ``distance(num)/distance(den)``, each network's mean
+    log ratio one replicate (paired seeds: the same network seed in both cells)."""
+    num = np.exp(_log_cells(table, num_cells).mean(axis=1))
+    den = np.exp(_log_cells(table, den_cells).mean(axis=1))
+    return paired_log_ratio(num, den)
 
 
-def activation_ratio(table: pd.DataFrame, numerator: str, denominator: str, **boot) -> Estimate:
-    """Geometric mean over every (profile, depth, width) cell of ``median(numerator)/median(denominator)``."""
-    pos = {c: i for i, c in enumerate(table.columns)}
-    cells = [c[1:] for c in table.columns if c[0] == numerator and (denominator, *c[1:]) in pos]
-    num = [pos[numerator, *c] for c in cells]
-    den = [pos[denominator, *c] for c in cells]
-    return bootstrap(table.to_numpy(), lambda m: float(np.exp(np.mean(np.log(_median(m, num) / _median(m, den))))),
-                     **boot)
+def depth_growth(table: pd.DataFrame, activation: str, profile: str, shallow: int, deep: int, widths) -> Estimate:
+    """Geometric mean over ``widths`` and networks of ``distance(deep)/distance(shallow)``, t interval over
+    networks."""
+    return _geometric_ratio(table, [(activation, profile, deep, w) for w in widths],
+                            [(activation, profile, shallow, w) for w in widths])
+
+
+def activation_ratio(table: pd.DataFrame, numerator: str, denominator: str) -> Estimate:
+    """Geometric mean over every (profile, depth, width) cell and network of
+    ``distance(numerator)/distance(denominator)``, t interval over networks."""
+    cells = [c[1:] for c in table.columns if c[0] == numerator and (denominator, *c[1:]) in table.columns]
+    return _geometric_ratio(table, [(numerator, *c) for c in cells], [(denominator, *c) for c in cells])
 
 
 def concentration_table(frames: dict, p) -> pd.DataFrame:
-    """Per activation, profile and depth: the exponent against width (median over networks) and its interval."""
+    """Per activation, profile and depth: the exponent against width (geometric mean over networks), its
+    interval and n."""
     table = distance_matrix(frames["distance"])
     rows = []
     for act in p.activations:
         for profile in ("constant", "quadratic"):
             for depth in p.kernel_depths:
-                e = concentration_exponent(table, act, profile, depth, n_boot=N_BOOT, seed=p.seed)
-                rows.append((act, profile, depth, e.value, e.low, e.high))
-    return pd.DataFrame(rows, columns=["activation", "profile", "depth", "exponent", "low", "high"])
+                e = concentration_exponent(table, act, profile, depth)
+                rows.append((act, profile, depth, e.value, e.low, e.high, e.n))
+    return pd.DataFrame(rows, columns=["activation", "profile", "depth", "exponent", "low", "high", "n"])
 
 
 # ---------------------------------------------------------------------------- claim 4: conditioning
@@ -477,38 +665,6 @@ def condition_curve(x, activation, max_depth: int, dense_up_to: int = 64, ratio:
         if depth >= max_depth:
             break
     return pd.DataFrame(rows, columns=["depth", "cond", "lambda_max"])
-
-
-def tail_model(depths, cond, tail: float = 4.0) -> np.ndarray:
-    """``(c, a, b)`` of the least-squares fit ``cond(l) = c + (a + b log l)/l`` over depths ``>= max/tail``:
-    ``c`` is the extrapolated deep limit."""
-    depths, cond = np.asarray(depths, dtype=float), np.asarray(cond, dtype=float)
-    keep = depths >= depths.max() / tail
-    if keep.sum() < 3:
-        raise ValueError("tail_model needs at least 3 depths in the deep tail")
-    d = depths[keep]
-    design = np.stack([np.ones_like(d), 1 / d, np.log(d) / d], axis=1)
-    return np.linalg.lstsq(design, cond[keep], rcond=None)[0]
-
-
-def settle_depth(depths, cond, limit: float, tolerance: float = SETTLE, model=None) -> tuple[float, bool]:
-    """``(depth, extrapolated)``: the first depth from which ``|cond/limit - 1| < tolerance`` at every
-    deeper depth computed.  When even the deepest is outside, the crossing is extrapolated with ``model``
-    (``tail_model``'s coefficients; ``inf`` without one or when it never crosses)."""
-    depths, cond = np.asarray(depths, dtype=float), np.asarray(cond, dtype=float)
-    inside = np.abs(cond / limit - 1) < tolerance
-    if inside[-1]:
-        outside = np.flatnonzero(~inside)
-        return float(depths[outside[-1] + 1] if len(outside) else depths[0]), False
-    if model is None:
-        return math.inf, True
-    c, a, b = model
-    later = depths[-1] * 1.01 ** np.arange(1, 2000)  # up to about 4e8 times deeper
-    gap = np.abs((c + (a + b * np.log(later)) / later) / limit - 1)
-    ok = np.flatnonzero(gap >= tolerance)
-    if len(ok) == len(later):
-        return math.inf, True
-    return float(np.ceil(later[ok[-1] + 1] if len(ok) else later[0])), True
 
 
 def _condition_task(delta: float, n: int, data_seed: int, max_depth: int) -> pd.DataFrame:
@@ -557,138 +713,153 @@ def infinite_width_exponents(condition: pd.DataFrame, deltas=(0.5, 1.0), per_oct
     return pd.concat(rows, ignore_index=True)
 
 
-def training_summary(outcomes: pd.DataFrame) -> pd.DataFrame:
-    """Per activation, rule and depth: mean ``eta lambda_max``, the fractions of diverged and smooth runs,
-    the largest loss rise, and the mean final loss of the runs that did not diverge with its standard error."""
-    return outcomes.groupby(["activation", "rule", "depth"]).agg(
-        eta_lambda=("eta_lambda", "mean"), diverged=("diverged", "mean"), smooth=("smooth", "mean"),
-        largest_rise=("rise", "max"), final_loss=("last", "mean"), final_sem=("last", "sem"), runs=("seed", "size"))
-
-
 # ---------------------------------------------------------------------------- verdicts
 
 def claims(frames: dict, p) -> list[Verdict]:
-    boot = dict(n_boot=N_BOOT, seed=p.seed)
-    return [*growth_claims(frames, p, boot), *training_claims(frames, p, boot),
-            *concentration_claims(frames, p, boot), *conditioning_claims(frames, p, boot)]
+    return [*growth_claims(frames, p), *training_claims(frames, p), *concentration_claims(frames, p),
+            *conditioning_claims(frames, p)]
 
 
-def growth_claims(frames: dict, p, boot: dict) -> list[Verdict]:
+def _far_from(target: float):
+    return lambda v: abs(v.estimate - target) if math.isfinite(v.estimate) else math.inf
+
+
+def growth_claims(frames: dict, p) -> list[Verdict]:
     ex = growth_exponents(frames, p)
-    far = lambda v: abs(v.estimate - LINEAR[0])  # noqa: E731
-    linear = {q: [within(f"{q} cell", r.exponent, (r.low, r.high), *LINEAR) for r in d.itertuples()]
+    far = _far_from(LINEAR[0])
+    target, tol = format_number(LINEAR[0]), format_number(LINEAR[1])
+
+    def estimate(r, shift=0.0) -> Estimate:
+        return Estimate(r.exponent - shift, r.low - shift, r.high - shift, n=int(r.n), unit="seeds")
+
+    linear = {q: [within(f"{q} cell", estimate(r), None, *LINEAR) for r in d.itertuples()]
               for q, d in ex.groupby("quantity")}
     lam = ex[ex.quantity == "lambda_max"]
     inf_same = [within(f"{a} cell", value, None, *LINEAR)
                 for a, value in lam.groupby("activation").infinite_width.first().items()]
-    gaps = {w: [within(f"{r.activation} cell", r.exponent - r.infinite_width,
-                       (r.low - r.infinite_width, r.high - r.infinite_width), 0.0, EXPONENT_GAP)
+    gaps = {w: [within(f"{r.activation} cell", estimate(r, r.infinite_width), None, 0.0, EXPONENT_GAP)
                 for r in lam[lam.width == w].itertuples()] for w in (min(p.widths), max(p.widths))}
-    asymptotic = [within(f"{delta} cell", *_mean_interval(asymptotic_exponent(frames["condition"], delta), boot),
+    asymptotic = [within(f"{delta} cell", mean_interval(asymptotic_exponent(frames["condition"], delta)), None,
                          *ASYMPTOTIC) for delta in (0.5, 1.0)]
-    block = [within(f"{r.activation} cell", r.exponent - r.infinite_width,
-                    (r.low - r.infinite_width, r.high - r.infinite_width), 0.0, EXPONENT_GAP)
+    block = [within(f"{r.activation} cell", estimate(r, r.infinite_width), None, 0.0, EXPONENT_GAP)
              for r in ex[ex.quantity == "lambda_max_output"].itertuples()]
-    gap = lambda v: abs(v.estimate)  # noqa: E731
+    gap = _far_from(0.0)
+    within_gap = format_number(EXPONENT_GAP)
     return [
-        all_of(f"at the EOC with constant width trace(K_0) grows like depth (exponent {LINEAR[0]:g} +- "
-               f"{LINEAR[1]:g}, both widths)", linear["trace"], far),
-        all_of(f"at the EOC with constant width lambda_max(K_0) grows like depth (exponent {LINEAR[0]:g} +- "
-               f"{LINEAR[1]:g}, both widths)", linear["lambda_max"], far),
-        all_of(f"the infinite-width lambda_max grows like depth over the same depths (exponent {LINEAR[0]:g} +- "
-               f"{LINEAR[1]:g})", inf_same, far),
-        all_of(f"the infinite-width lambda_max grows like depth asymptotically (exponent {ASYMPTOTIC[0]:g} +- "
-               f"{ASYMPTOTIC[1]:g} over the deepest quarter of the recursion, abs and relu)", asymptotic, far),
+        all_of(f"at the EOC with constant width trace(K_0) grows like depth (exponent {target} +- {tol}, both "
+               "widths)", linear["trace"], far),
+        all_of(f"at the EOC with constant width lambda_max(K_0) grows like depth (exponent {target} +- {tol}, "
+               "both widths)", linear["lambda_max"], far),
+        all_of(f"the infinite-width lambda_max grows like depth over the same depths (exponent {target} +- {tol})",
+               inf_same, far),
+        all_of(f"the infinite-width lambda_max grows like depth asymptotically (exponent "
+               f"{format_number(ASYMPTOTIC[0])} +- {format_number(ASYMPTOTIC[1])} over the deepest quarter of the "
+               "recursion, abs and relu)", asymptotic, _far_from(ASYMPTOTIC[0])),
         all_of(f"at the smaller width lambda_max(K_0) grows with depth like the infinite-width lambda_max "
-               f"(exponents within {EXPONENT_GAP:g})", gaps[min(p.widths)], gap),
+               f"(exponents within {within_gap})", gaps[min(p.widths)], gap),
         all_of(f"at the larger width lambda_max(K_0) grows with depth like the infinite-width lambda_max "
-               f"(exponents within {EXPONENT_GAP:g})", gaps[max(p.widths)], gap),
+               f"(exponents within {within_gap})", gaps[max(p.widths)], gap),
         all_of(f"at the training width one output's block of K_0 grows with depth like the infinite-width "
-               f"lambda_max (exponents within {EXPONENT_GAP:g})", block, gap),
+               f"lambda_max (exponents within {within_gap})", block, gap),
     ]
 
 
-def _mean_interval(values, boot) -> tuple[float, tuple[float, float]]:
-    e = mean_bootstrap(values, **boot)
-    return e.value, e.interval
-
-
-def training_claims(frames: dict, p, boot: dict) -> list[Verdict]:
-    spectrum, eta = frames["spectrum"], frames["eta"].set_index("activation").eta
-    outcomes = frames["outcomes"]
+def stability_verdict(spectrum: pd.DataFrame, transferred: pd.Series, p) -> Verdict:
+    """Context: ``lr_ref * lambda_max(K_0)`` of the ``train_width`` networks at the deepest depth (geometric
+    mean over networks, t interval of the mean log: ``lambda_max`` of one network is heavy-tailed at depth)
+    against the quadratic model's stability bound, every activation."""
     deepest = max(p.train_depths)
-    leaves = []
+    cells = []
     for act in p.activations:
         lam = spectrum[(spectrum.activation == act) & (spectrum.width == p.train_width) & (spectrum.depth == deepest)]
-        leaves.append(compare("cell", *_mean_interval(eta[act] * lam.lambda_max.to_numpy(), boot), ">", STABLE))
-    scaled = outcomes[outcomes.rule == RULES[1]]
-    first = first_divergence(outcomes)
-    lower = []
-    for act in p.activations:
-        depth = deepest_stable_depth(outcomes, act)
-        d = outcomes[(outcomes.activation == act) & (outcomes.depth == depth)]
-        fixed = d[d.rule == RULES[0]].sort_values("seed")["last"].to_numpy()
-        other = d[d.rule == RULES[1]].sort_values("seed")["last"].to_numpy()
-        if len(fixed) < 2 or not np.all(np.isfinite(other)):
-            lower.append(Verdict("cell", False, math.nan, math.nan, math.nan, "< 1"))
-            continue
-        ratio = ratio_bootstrap(fixed, other, paired=True, **boot)
-        lower.append(compare("cell", ratio.value, ratio.interval, "<", 1.0))
+        values = 2.0 ** transferred[act] * lam.lambda_max.to_numpy()
+        cells.append(compare("cell", mean_interval(np.log(values)).map(math.exp), None, ">", STABLE))
+    return all_of(f"the best rate at the reference depth leaves the stable range deeper (lr lambda_max(K_0) > "
+                  f"{format_number(STABLE)} at the deepest depth, geometric mean)", cells, lambda v: -v.estimate)
+
+
+def slope_verdicts(slopes: dict[str, Estimate]) -> list[Verdict]:
+    """(a) ``1/l``: every activation's best-rate slope within ``INVERSE_DEPTH``; and, separately, below 0."""
+    like = [within("cell", s, None, *INVERSE_DEPTH) for s in slopes.values()]
+    below = [compare("cell", s, None, "<", 0.0) for s in slopes.values()]
+    target, tol = (format_number(x) for x in INVERSE_DEPTH)
     return [
-        all_of(f"the fixed eta (eta lambda_max {ETA_LAMBDA_REFERENCE:g} at the reference depth) leaves the stable "
-               f"range deeper (eta lambda_max > {STABLE:g} at the deepest depth)", leaves,
-               lambda v: -v.estimate),
-        compare("eta * l_ref/l trains smoothly at every depth (no divergence, no loss spike)",
-                float(scaled.smooth.mean()), None, ">=", 1.0),
-        compare("the fixed eta diverges within the depths trained (the first such depth is in the table)",
-                float(first.max()), None, "<=", deepest),
-        all_of("before it diverges the fixed eta's spikes do not hurt (at the deepest depth where no run "
-               "diverges it ends at a lower training loss than eta * l_ref/l)", lower, lambda v: v.estimate),
+        all_of(f"at constant width the best learning rate shrinks like 1/l (slope of log2 best lr against log2 "
+               f"depth within {target} +- {tol}, relu and abs)", like, _far_from(INVERSE_DEPTH[0])),
+        all_of("at constant width the best learning rate shrinks with depth (slope of log2 best lr against "
+               "log2 depth < 0, relu and abs)", below, lambda v: v.high if math.isfinite(v.high) else math.inf),
     ]
 
 
-def concentration_claims(frames: dict, p, boot: dict) -> list[Verdict]:
+def regret_verdict(rule: str, regrets: pd.DataFrame, reference_depth: int) -> Verdict:
+    """(b) ``rule`` transfers from the reference depth to every deeper depth: True when every depth's regret
+    is decided below ``REGRET_THRESHOLD``, False when one is decided above it; the worst depth shown.  Deeper
+    only: the claim is about deeper networks; at a shallower depth the scaled rule *raises* the rate, and the
+    best rate there is capped by divergence rather than set by ``1/l`` (those regrets stay in the table)."""
+    d = regrets[(regrets.rule == rule) & (regrets.depth > reference_depth)]
+    cells = [compare("cell", Estimate(r.regret, r.low, r.high, n=int(r.n), unit="paired seeds"), None, "<",
+                     REGRET_THRESHOLD) for r in d.itertuples()]
+    what = {RULES[0]: "kept fixed", RULES[1]: "scaled as lr * l_ref/l"}[rule]
+    return all_of(f"the best rate at the reference depth, {what}, transfers to every deeper depth trained "
+                  f"(regret below {format_number(REGRET_THRESHOLD)} at each, relu and abs; the worst shown)", cells,
+                  lambda v: v.high if math.isfinite(v.high) else math.inf)
+
+
+def crossover_verdict(comparison: pd.DataFrame) -> Verdict:
+    """(c) at the deepest depth the fixed rate ends at a higher training loss than the scaled one, every
+    activation (geometric-mean ratio over paired seeds > 1)."""
+    deepest = comparison[comparison.depth == comparison.groupby("activation").depth.transform("max")]
+    cells = [compare("cell", Estimate(r.fixed_over_scaled, r.low, r.high, n=int(r.n), unit="paired seeds"), None,
+                     ">", 1.0) for r in deepest.itertuples()]
+    return all_of("at the deepest depth trained the fixed rate ends at a higher training loss than lr * l_ref/l "
+                  "(relu and abs; the first depth from which it does is in the table)", cells,
+                  lambda v: -v.low if math.isfinite(v.low) else math.inf)
+
+
+def training_claims(frames: dict, p) -> list[Verdict]:
+    runs, transferred = frames["runs"], frames["transferred"]
+    slopes = {act: best_rate_slope(runs, act) for act in p.activations}
+    regrets = rule_regrets(runs, transferred, p.reference_depth)
+    comparison = rule_comparison(runs, transferred, p.reference_depth)
+    return [stability_verdict(frames["spectrum"], transferred, p), *slope_verdicts(slopes),
+            regret_verdict(RULES[0], regrets, p.reference_depth), regret_verdict(RULES[1], regrets, p.reference_depth),
+            crossover_verdict(comparison)]
+
+
+def concentration_claims(frames: dict, p) -> list[Verdict]:
     table = distance_matrix(frames["distance"])
     shallow, deep = min(p.kernel_depths), max(p.kernel_depths)
-    exponents = [within("cell", *_estimate(concentration_exponent(table, a, "quadratic", d, **boot)),
-                        *CONCENTRATION_EXPONENT) for a in p.activations for d in p.kernel_depths]
-    flat = [compare("cell", *_estimate(depth_growth(table, a, "quadratic", shallow, deep,
-                                                     shared_widths(p, "quadratic"), **boot)), "<", FLAT)
-            for a in p.activations]
-    worse = [compare("cell", *_estimate(depth_growth(table, a, "constant", shallow, deep,
-                                                      shared_widths(p, "constant"), **boot)), ">", WORSENS)
-             for a in p.activations]
-    closer = activation_ratio(table, "abs", "relu", **boot)
+    exponents = [within("cell", concentration_exponent(table, a, "quadratic", d), None, *CONCENTRATION_EXPONENT)
+                 for a in p.activations for d in p.kernel_depths]
+    flat = [compare("cell", depth_growth(table, a, "quadratic", shallow, deep, shared_widths(p, "quadratic")), None,
+                    "<", FLAT) for a in p.activations]
+    worse = [compare("cell", depth_growth(table, a, "constant", shallow, deep, shared_widths(p, "constant")), None,
+                     ">", WORSENS) for a in p.activations]
     return [
         all_of(f"with k^2 widths the NTK error shrinks like m^(-1/2) (fitted exponent within "
-               f"{CONCENTRATION_EXPONENT[1]:g})", exponents, lambda v: abs(v.estimate - CONCENTRATION_EXPONENT[0])),
-        all_of(f"with k^2 widths the NTK error stays roughly flat in depth (grows < {FLAT:g}x)", flat,
+               f"{format_number(CONCENTRATION_EXPONENT[1])})", exponents, _far_from(CONCENTRATION_EXPONENT[0])),
+        all_of(f"with k^2 widths the NTK error stays roughly flat in depth (grows < {format_number(FLAT)}x)", flat,
                lambda v: v.estimate),
-        all_of(f"at constant width the NTK error worsens with depth (grows > {WORSENS:g}x)", worse,
+        all_of(f"at constant width the NTK error worsens with depth (grows > {format_number(WORSENS)}x)", worse,
                lambda v: -v.estimate),
         compare("the absolute value is closer to the infinite-width NTK than ReLU at equal width and depth "
-                "(geometric mean)", closer.value, closer.interval, "<", 1.0),
+                "(geometric mean)", activation_ratio(table, "abs", "relu"), None, "<", 1.0),
     ]
 
 
-def _estimate(e: Estimate) -> tuple[float, tuple[float, float]]:
-    return e.value, e.interval
-
-
-def conditioning_claims(frames: dict, p, boot: dict) -> list[Verdict]:
+def conditioning_claims(frames: dict, p) -> list[Verdict]:
     settle = frames["settle"]
     by = settle.pivot_table(index="draw", columns="delta", values="settle_depth")
     limits = settle.pivot_table(index="draw", columns="delta", values="limit")
-    faster = ratio_bootstrap(by[1.0].to_numpy(), by[0.5].to_numpy(), paired=True, **boot)
+    faster = ratio_of_means(by[1.0].to_numpy(), by[0.5].to_numpy(), paired=True)
     deltas = by.columns.to_numpy(dtype=float)
     slopes = np.array([power_law(deltas, row).exponent if np.all(np.isfinite(row)) else math.nan
                        for row in by.to_numpy()])
     spread = (limits.max(axis=1) / limits.min(axis=1) - 1).to_numpy()
     return [
-        compare("cond(K_inf) reaches its deep limit at a smaller depth for abs than for relu",
-                faster.value, faster.interval, "<", 1.0),
+        compare("cond(K_inf) reaches its deep limit at a smaller depth for abs than for relu", faster, None, "<", 1.0),
         compare("the depth at which cond(K_inf) settles shrinks as Delta_phi grows (leaky ReLU sweep, fitted "
-                "exponent < 0)", *_mean_interval(slopes, boot), "<", 0.0),
+                "exponent < 0)", mean_interval(slopes), None, "<", 0.0),
         compare(f"the deep limit of cond(K_inf) is the same for every Delta_phi (within {SAME_LIMIT:.0%})",
-                *_mean_interval(spread, boot), "<", SAME_LIMIT),
+                mean_interval(spread), None, "<", SAME_LIMIT),
     ]
