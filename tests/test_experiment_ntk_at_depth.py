@@ -92,23 +92,6 @@ def test_infinite_width_lambda_matches_the_kernel():
         assert value == pytest.approx(np.linalg.eigvalsh(ntk_kernel(x, depth, "abs"))[-1], rel=1e-12)
 
 
-def test_output_block_top_eigenvalue_against_the_dense_block():
-    import torch
-
-    from nup.core.param import NTK
-    from nup.linalg.tangent_kernel import empirical_ntk
-
-    model = NTK().build(12, 3, 4, 24, "relu", seed=3, dtype=torch.float64)
-    x = torch.randn(10, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    k = empirical_ntk(model, x).reshape(10, 3, 10, 3)
-    for output in range(3):
-        dense = torch.linalg.eigvalsh(k[:, output, :, output])[-1].item()
-        assert e.output_block_top_eigenvalue(model, x, output, tol=1e-10) == pytest.approx(dense, rel=1e-8)
-    assert e.output_block_top_eigenvalue(model, x, 0) < torch.linalg.eigvalsh(k.reshape(30, 30))[-1].item()
-    with pytest.raises(ValueError, match="output"):
-        e.output_block_top_eigenvalue(model, x, 3)
-
-
 def test_tuning_order_and_rule_rates():
     assert e.tuning_order([2, 4, 8, 16], 4) == [4, 8, 16, 2]
     assert e.tuning_order([1, 2, 4, 8], 2) == [2, 4, 8, 1]

@@ -194,3 +194,21 @@ def test_bad_inputs():
         ntk.ntk_top_eigenvalues(model, x, k=13)
     with pytest.raises(ValueError, match="v"):
         ntk.ntk_matvec(model, x, torch.ones(7, dtype=F64))
+
+
+def test_output_block_top_eigenvalue_against_the_dense_block():
+    from nup.core.param import NTK
+
+    model = NTK().build(12, 3, 4, 24, "relu", seed=3, dtype=torch.float64)
+    x = torch.randn(10, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    k = ntk.empirical_ntk(model, x).reshape(10, 3, 10, 3)
+    for output in range(3):
+        dense = torch.linalg.eigvalsh(k[:, output, :, output])[-1].item()
+        assert ntk.ntk_output_block_top_eigenvalue(model, x, output, tol=1e-10) == pytest.approx(dense, rel=1e-8)
+    # one copy of the top eigenvalue: below the full kernel's, where the outputs' copies couple and split
+    assert ntk.ntk_output_block_top_eigenvalue(model, x, 0) < torch.linalg.eigvalsh(k.reshape(30, 30))[-1].item()
+    for bad in (3, -1, 1.0):
+        with pytest.raises(ValueError, match="output"):
+            ntk.ntk_output_block_top_eigenvalue(model, x, bad)
+    with pytest.raises(ValueError, match="tol"):
+        ntk.ntk_output_block_top_eigenvalue(model, x, 0, tol=0.0)

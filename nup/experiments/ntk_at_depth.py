@@ -85,8 +85,7 @@ from nup.core.mlp import hidden_widths
 from nup.core.param import NTK
 from nup.experiments import RUN_THREADS
 from nup.experiments.schema import MIN_SEEDS, Choice, Dict, Float, Int, List, Schema
-from nup.linalg.lanczos import lanczos
-from nup.linalg.tangent_kernel import NTKOperator, empirical_ntk, ntk_top_eigenvalue, ntk_trace
+from nup.linalg.tangent_kernel import empirical_ntk, ntk_output_block_top_eigenvalue, ntk_top_eigenvalue, ntk_trace
 from nup.theory.kernels import iterate_kernels, ntk_kernel
 from nup.training.config import RunConfig
 from nup.training.data import load_fashion_mnist
@@ -209,27 +208,9 @@ def run_config(p, activation: str, depth: int, width: int, seed: int, lr: float 
                      lr=lr, steps=p.steps, seed=seed, threads=RUN_THREADS)
 
 
-def output_block_top_eigenvalue(model, x, output: int = 0, tol: float = LANCZOS_TOL) -> float:
-    """``lambda_max`` of one output's diagonal block ``K_oo`` (``n x n``) of the empirical NTK, by Lanczos.
-
-    At infinite width ``K_inf = Theta/n (x) I_{d_out}``: its top eigenvalue has one copy per output.  At
-    finite width the copies couple through the random cross-output blocks and ``lambda_max(K)`` takes the
-    largest of the split copies; a single block has one copy, so it isolates that effect."""
-    op = NTKOperator(model, x)
-    if not 0 <= output < op.d_out:
-        raise ValueError(f"output={output!r} is not allowed; output must be in [0, {op.d_out})")
-
-    def matvec(v):
-        full = torch.zeros(op.n, op.d_out, dtype=op.dtype, device=op.device)
-        full[:, output] = v
-        return op.matvec(full.reshape(-1)).reshape(op.n, op.d_out)[:, output]
-
-    return float(lanczos(matvec, op.n, 1, tol=tol, dtype=op.dtype, device=op.device).values[0])
-
-
 def _spectrum_task(config: RunConfig, per_output: bool) -> tuple[float, float, float]:
     model, x, *_ = build_model_and_data(config)
-    block = output_block_top_eigenvalue(model, x) if per_output else math.nan
+    block = ntk_output_block_top_eigenvalue(model, x, tol=LANCZOS_TOL) if per_output else math.nan
     return float(ntk_top_eigenvalue(model, x, tol=LANCZOS_TOL).value), float(ntk_trace(model, x)), block
 
 

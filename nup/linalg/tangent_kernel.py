@@ -29,7 +29,8 @@ from nup.core.mlp import MLP
 from nup.validation import check_choice
 
 __all__ = ["empirical_ntk", "NTKOperator", "ntk_matvec", "ntk_top_eigenvalue", "ntk_top_eigenvalues", "ntk_trace",
-           "ntk_condition_number", "output_trace_kernel", "kernel_alignment", "NTK_METHODS"]
+           "ntk_output_block_top_eigenvalue", "ntk_condition_number", "output_trace_kernel", "kernel_alignment",
+           "NTK_METHODS"]
 
 NTK_METHODS = ("auto", "manual", "func")
 
@@ -194,6 +195,27 @@ def ntk_top_eigenvalue(model: nn.Module, x: torch.Tensor, v0: torch.Tensor | Non
     """``lambda_max(K)`` with its flat eigenvector (length ``n*d_out``, sample-major); pass the previous
     ``EigenResult.vector`` as ``v0`` to warm-start.  ``n_products`` counts NTK-vector products."""
     return ntk_top_eigenvalues(model, x, 1, v0, tol, max_iter, divide_by_n, method, None, seed)[0]
+
+
+def ntk_output_block_top_eigenvalue(model: nn.Module, x: torch.Tensor, output: int = 0, tol: float = 1e-3,
+                                    max_iter: int = 200) -> float:
+    """``lambda_max`` of one output's diagonal block ``K_oo`` (``n x n``) of the empirical NTK, by Lanczos.
+
+    At infinite width ``K_inf = Theta/n (x) I_{d_out}``: its top eigenvalue has one copy per output.  At
+    finite width the copies couple through the random cross-output blocks and ``lambda_max(K)`` takes the
+    largest of the split copies; a single block has one copy, so it isolates that effect."""
+    check_model_data(model, x)
+    op = NTKOperator(model, x)
+    if not isinstance(output, int) or not 0 <= output < op.d_out:
+        raise ValueError(f"output={output!r} is not allowed; output must be an integer in [0, {op.d_out})")
+    check_eigen_args(op.n, None, tol, max_iter, 1, None)
+
+    def matvec(v):
+        full = torch.zeros(op.n, op.d_out, dtype=op.dtype, device=op.device)
+        full[:, output] = v
+        return op.matvec(full.reshape(-1)).reshape(op.n, op.d_out)[:, output]
+
+    return float(lanczos(matvec, op.n, 1, tol=tol, max_iter=max_iter, dtype=op.dtype, device=op.device).values[0])
 
 
 def ntk_condition_number(model: MLP, x: torch.Tensor, divide_by_n: bool = True) -> float:
