@@ -63,10 +63,14 @@ def test_power_law_recovers_exponent_and_prefactor():
         fits.power_law([1, 1], [1, 2])
 
 
-def test_mean_bootstrap_interval_covers_the_standard_error():
+def _mean(v):
+    return float(np.mean(v))
+
+
+def test_bootstrap_interval_of_a_mean_is_about_two_standard_errors_wide():
     rng = np.random.default_rng(1)
     values = rng.normal(2.0, 1.0, 400)
-    est = fits.mean_bootstrap(values, n_boot=2000)
+    est = fits.bootstrap(values, _mean, n_boot=2000)
     se = values.std(ddof=1) / np.sqrt(len(values))
     assert est.value == pytest.approx(values.mean())
     # The percentile interval of a mean is ~ +-1.96 standard errors.
@@ -75,29 +79,21 @@ def test_mean_bootstrap_interval_covers_the_standard_error():
 
 
 def test_bootstrap_is_reproducible_and_degenerate_data_give_a_point():
-    assert fits.mean_bootstrap([1, 2, 3, 4]) == fits.mean_bootstrap([1, 2, 3, 4])
-    est = fits.mean_bootstrap([5.0, 5.0, 5.0])
+    assert fits.bootstrap([1.0, 2, 3, 4], _mean) == fits.bootstrap([1.0, 2, 3, 4], _mean)
+    est = fits.bootstrap([5.0, 5.0, 5.0], _mean)
     assert (est.value, est.low, est.high) == (5.0, 5.0, 5.0)
     with pytest.raises(ValueError, match="at least 2"):
-        fits.mean_bootstrap([1.0])
+        fits.bootstrap([1.0], _mean)
 
 
-def test_power_law_bootstrap_resamples_whole_seeds():
+def test_mean_curve_exponent_keeps_whole_seeds():
     depths = [2, 4, 8, 16]
-    rows = [(s, d, (1 + 0.1 * s) * d**0.75) for s in range(6) for d in depths]  # every seed has exponent 0.75
-    frame = pd.DataFrame(rows, columns=["seed", "depth", "y"])
-    est = fits.power_law_bootstrap(frame, "depth", "y")
+    curves = [[(1 + 0.1 * s) * d**0.75 for d in depths] for s in range(6)]  # every seed has exponent 0.75
+    est = fits.mean_curve_exponent(depths, curves)
     assert est.value == pytest.approx(0.75) and est.low == pytest.approx(0.75) and est.high == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="every"):
-        fits.power_law_bootstrap(frame.iloc[1:], "depth", "y")
-
-
-def test_ratio_bootstrap_paired_and_unpaired():
-    a, b = np.array([2.0, 4.0, 6.0]), np.array([1.0, 2.0, 3.0])
-    paired = fits.ratio_bootstrap(a, b, paired=True)
-    assert paired.value == 2 and paired.low > 1.5  # resampled pairs keep a mean ratio near 2
-    unpaired = fits.ratio_bootstrap(a, b)
-    assert unpaired.value == 2 and unpaired.low < paired.low  # independent resampling is wider
+    assert est.n == 6 and est.unit == "seeds"
+    with pytest.raises(ValueError, match="one row per seed"):
+        fits.mean_curve_exponent(depths, [row[1:] for row in curves])
 
 
 # ---------------------------------------------------------------------------- frames

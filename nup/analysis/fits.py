@@ -1,14 +1,13 @@
-"""Fits with their uncertainty: power laws, and percentile bootstraps over independent replicates (seeds).
+"""Fits with their uncertainty: power laws over independent replicates (seeds), and the percentile bootstrap.
 
 * ``power_law(x, y)``: least squares of ``log y = p log x + log c``; returns ``PowerLaw(exponent, prefactor)``.
-Coverage: a percentile bootstrap over n seeds undercovers at small n (about 83% at a nominal 95% for
-n = 5); verdicts that need an interval with its coverage use ``nup.analysis.stats`` (jackknife-t).
-
-* ``bootstrap(replicates, statistic)``: the percentile interval of ``statistic`` over resamples of the
-  replicates (rows of an array or groups of a frame), with a fixed seed, so it is reproducible.
-* ``power_law_bootstrap(frame, x, y, replicate)``: the exponent of the mean-over-replicates curve and its
-  bootstrap interval, resampling whole replicates (seeds), which keeps each seed's curve intact.
-* ``ratio_bootstrap``: the ratio of two means with its interval.
+* ``mean_curve_exponent(x, curves)``: the exponent of the mean-over-seeds curve with its jackknife-t interval
+  over whole seeds (``nup.analysis.stats``), which keeps each seed's curve intact.
+* ``bootstrap(replicates, statistic)`` / ``percentile_estimate``: the percentile interval of ``statistic``
+  over resamples of the replicates, with a fixed seed, so it is reproducible.  Descriptive only (the
+  best-rate bars of notebook 03's figure): a percentile bootstrap over n seeds undercovers at small n (about
+  83% at a nominal 95% for n = 5, ``tests/test_stats.py``), so no verdict uses it; verdicts use
+  ``nup.analysis.stats`` (jackknife-t).
 
 Why seeds and not points: the points of one curve share a network, so they are not independent;
 resampling whole seeds is the honest unit.
@@ -21,13 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from nup.analysis.stats import Estimate, check_level, jackknife_t, replicate_data
 from nup.validation import check_int
 
-__all__ = ["PowerLaw", "power_law", "mean_curve_exponent", "bootstrap", "percentile_estimate", "Estimate", "power_law_bootstrap", "mean_bootstrap",
-           "ratio_bootstrap"]
+__all__ = ["PowerLaw", "power_law", "mean_curve_exponent", "bootstrap", "percentile_estimate", "Estimate"]
 
 
 @dataclass(frozen=True)
@@ -98,40 +95,3 @@ def percentile_estimate(value: float, stats, level: float) -> Estimate:
     alpha = (1 - level) / 2
     low, high = np.quantile(finite, [alpha, 1 - alpha])
     return Estimate(value, float(low), float(high), level)
-
-
-def mean_bootstrap(values, **kwargs) -> Estimate:
-    """The mean of independent replicates with its bootstrap interval."""
-    return bootstrap(np.asarray(values, dtype=float), lambda v: float(np.mean(v)), **kwargs)
-
-
-def _curve_matrix(frame: pd.DataFrame, x: str, y: str, replicate: str) -> tuple[np.ndarray, np.ndarray]:
-    table = frame.pivot_table(index=replicate, columns=x, values=y, aggfunc="mean")
-    if table.isna().any().any():
-        raise ValueError(f"every {replicate!r} needs a {y!r} value at every {x!r}")
-    return table.columns.to_numpy(dtype=float), table.to_numpy(dtype=float)
-
-
-def power_law_bootstrap(frame: pd.DataFrame, x: str, y: str, replicate: str = "seed", **kwargs) -> Estimate:
-    """Exponent ``p`` of ``mean_replicates(y) ~ x^p`` with a bootstrap over whole replicates."""
-    xs, curves = _curve_matrix(frame, x, y, replicate)
-    return bootstrap(curves, lambda c: power_law(xs, np.mean(c, axis=0)).exponent, **kwargs)
-
-
-def ratio_bootstrap(numerator, denominator, paired: bool = False, n_boot: int = 2000, level: float = 0.95,
-                    seed: int = 0) -> Estimate:
-    """``mean(numerator)/mean(denominator)`` with its interval; ``paired`` resamples the pairs together
-    (same seeds), otherwise the two samples are resampled independently."""
-    a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
-    if paired:
-        if a.shape != b.shape:
-            raise ValueError(f"paired samples must have equal length, got {len(a)} and {len(b)}")
-        return bootstrap(np.stack([a, b], axis=1), lambda s: float(np.mean(s[:, 0]) / np.mean(s[:, 1])),
-                         n_boot=n_boot, level=level, seed=seed)
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"ratio_bootstrap needs at least 2 values in each sample, got {len(a)} and {len(b)}")
-    check_int("n_boot", n_boot, minimum=10)
-    rng = np.random.default_rng(seed)
-    stats = [np.mean(a[rng.integers(0, len(a), len(a))]) / np.mean(b[rng.integers(0, len(b), len(b))])
-             for _ in range(n_boot)]
-    return percentile_estimate(float(np.mean(a) / np.mean(b)), stats, level)
