@@ -56,6 +56,10 @@ def test_config_for_ratio_sets_eta_times_lambda0():
         config_for_ratio(config, 1.0, lambda0=-1.0)
     with pytest.raises(ValueError, match="RunConfig"):
         initial_ntk_eigenvalue({"lr": 1.0})
+    with pytest.raises(ValueError, match="configs"):
+        initial_eigenvalues([config, {"lr": 1.0}])
+    with pytest.raises(ValueError, match="digits"):
+        initial_eigenvalues([config], digits=0)
 
 
 def test_constant_loss_is_the_loss_of_the_mean_output():

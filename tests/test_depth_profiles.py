@@ -97,3 +97,17 @@ def test_settle_depth_rejects_bad_limits():
                          ("tolerance", dict(limit=1.0, tolerance=0.0))):
         with pytest.raises(ValueError, match=name):
             settle_depth([1.0, 2.0], [1.0, 1.0], **kwargs)
+
+
+def test_settle_depth_of_a_model_that_passes_through_the_band_is_inf():
+    depths = np.arange(1, 11)
+    # limit 1.2 lies outside the band around 1.0; the curve 1.2 - 20/l passes through the band and leaves it
+    assert settle_depth(depths, np.full(10, 0.5), 1.0, 0.05, model=(1.2, -20.0, 0.0)) == (math.inf, True)
+    # a model that enters the band and stays (1 - 20/l: inside from l = 400 on), on a grid 1% apart
+    depth, extrapolated = settle_depth(depths, np.full(10, 0.5), 1.0, 0.05, model=(1.0, -20.0, 0.0))
+    assert extrapolated and 400 <= depth <= 405
+    for bad in [(1.0, 2.0), (1.0, math.nan, 0.0)]:
+        with pytest.raises(ValueError, match="model"):
+            settle_depth(depths, np.full(10, 0.5), 1.0, 0.05, model=bad)
+    with pytest.raises(ValueError, match="limit"):
+        settle_depth(depths, np.full(10, 0.5), "1.0")

@@ -138,6 +138,16 @@ def _frames(edge_fn, eos_final):
 
 
 EOS_IDEAL = {("ntk", "abs"): 0.3, ("ntk", "relu"): 0.3, ("sp", "abs"): 2.0, ("sp", "relu"): 2.0}
+
+
+def test_progressive_sharpening_is_decided_for_each_activation():
+    """One activation sharpening to 2 at the EOC and the other not: each verdict follows its own activation
+    (no interval on a maximum over activations)."""
+    verdicts = _by_statement(e.claims(_frames(lambda *cell: LITERATURE[cell[1]],
+                                              {**EOS_IDEAL, ("ntk", "relu"): 2.0}), P),
+                             "at the EOC (NTK parameterization) progressive sharpening")
+    assert [("relu" in v.statement, v.holds) for v in verdicts] == [(False, False), (True, True)]
+    assert all(f"{e.STABILITY * (1 - e.EOS_TOLERANCE):g} or above" in v.statement and v.n == 5 for v in verdicts)
 LITERATURE = {"abs": 4.0, "relu": 12.0}
 
 
@@ -147,11 +157,12 @@ def _by_statement(verdicts, start):
 
 def test_claims_on_depth_independent_edges_at_the_literature_values():
     verdicts = e.claims(_frames(lambda param, act, width, depth: LITERATURE[act], EOS_IDEAL), P)
-    assert len(verdicts) == 22
+    assert len(verdicts) == 23
     edge = [v for v in verdicts if "edge" in v.statement and "follows" not in v.statement]
     assert all(v.holds is True for v in edge), [(v.statement, v.estimate, v.low, v.high) for v in edge]
     assert all(v.holds is True for v in verdicts[:6])
-    assert verdicts[-3].holds is False and verdicts[-2].holds is True and verdicts[-1].holds is True
+    # no progressive sharpening at the EOC (each activation on its own), SP hovers at 2 (each activation)
+    assert [v.holds for v in verdicts[-4:]] == [False, False, True, True]
     assert all(v.n == 5 and v.unit in ("seeds", "paired seeds") for v in verdicts[6:])
     # a flat edge has no depth exponent to share: neither depth nor depth/width is decided True
     assert [v.holds for v in verdicts if "follows" in v.statement] != [True] * 4

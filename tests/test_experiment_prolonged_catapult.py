@@ -3,6 +3,7 @@ widened at their edges, the grid-position report, phases, per-run summaries and 
 frames just inside and just outside its threshold (and tiny runs of the warmup-to-constant and GD baselines)."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -243,7 +244,8 @@ def test_each_threshold_decides_just_inside_and_just_outside(field, inside, outs
 def test_the_thresholds_are_printed_in_the_statements():
     text = "\n".join(v.statement for v in e.claims({"runs": _runs()}, P))
     for threshold in (e.STABILITY, e.KEEPS_FALLING, e.KEEPS_MOVING, e.MARGIN, e.HIGHER_LOSS, e.EVERY):
-        assert f"{threshold:g}" in text
+        # as a number of its own, not as a digit of another ("1" inside "0.01" does not count)
+        assert re.search(rf"(?<![\d.]){re.escape(f'{threshold:g}')}(?![\d.]|\.\d)", text), threshold
     assert "{threshold}" not in text
 
 

@@ -347,10 +347,11 @@ def test_gradients_finite_is_exact(values, finite):
     assert gradients_finite(grads, torch._foreach_norm(grads)) is finite  # norms computed by the caller
 
 
-@pytest.mark.parametrize("normalize", NORMALIZE_MODES)
+@pytest.mark.parametrize("normalize, steer_beta", [(mode, 0.0) for mode in NORMALIZE_MODES]
+                         + [("per_layer", 1.0), ("spectral", -1.0)])  # steering: the check's own norm pass
 @pytest.mark.parametrize("values, finite", [([[1.0, 2.0], [3.0]], True), ([[1e30, -1e30], [3e38]], True),
                                             ([[1.0, math.nan], [3.0]], False), ([[1.0, 2.0], [-math.inf]], False)])
-def test_the_optimizers_finite_check_moves_nothing_on_a_bad_gradient(normalize, values, finite):
+def test_the_optimizers_finite_check_moves_nothing_on_a_bad_gradient(normalize, steer_beta, values, finite):
     def weights_after_step(check_finite):
         params = []
         for v in values:
@@ -359,7 +360,8 @@ def test_the_optimizers_finite_check_moves_nothing_on_a_bad_gradient(normalize, 
             params.append(p)
         params.append(torch.ones(2, requires_grad=True))  # no gradient: ignored
         groups = [dict(params=[p], fan_in=len(p), fan_out=1, multiplier=1.0) for p in params]
-        optimizer = NormalizedSGD(groups, lr=0.1, normalize=normalize, check_finite=check_finite)
+        optimizer = NormalizedSGD(groups, lr=0.1, normalize=normalize, check_finite=check_finite,
+                                  steer_beta=steer_beta)
         optimizer.step()
         return torch.cat([p.detach() for p in params]), optimizer.last_step_finite
 

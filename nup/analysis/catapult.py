@@ -35,7 +35,7 @@ import numpy as np
 from nup.training.config import RunConfig
 from nup.training.loop import build_model_and_data
 from nup.training.sweep import sweep
-from nup.validation import check_positive
+from nup.validation import check_int, check_positive
 
 __all__ = ["initial_ntk_eigenvalue", "initial_eigenvalues", "config_for_ratio", "spike_steps", "count_spikes",
            "largest_rise", "classify_phase", "PHASES", "window_edge", "constant_loss"]
@@ -50,6 +50,9 @@ def initial_eigenvalues(configs: list[RunConfig], n_jobs: int = 1, digits: int =
     value of the ``"ntk_lambda"`` diagnostic of a 0-step run: cached like any run and computed in parallel.
     Rounded to ``digits`` significant digits, so the learning rates set from it do not move (nor miss the
     run cache) when the eigen-solver's last digits do."""
+    if not isinstance(configs, (list, tuple)) or not all(isinstance(c, RunConfig) for c in configs):
+        raise ValueError(f"configs={configs!r} is not allowed; pass a list of nup.RunConfig")
+    digits = check_int("digits", digits, minimum=1, maximum=17)
     probes = [c.replace(steps=0, diagnostics=("ntk_lambda",), diagnostic_every=1, lr=1.0, schedule="constant",
                         schedule_options=(), n_test=0) for c in configs]
     frame = sweep(probes, n_jobs=n_jobs)

@@ -87,11 +87,12 @@ def tail_model(depths, values, tail: float = 4.0) -> np.ndarray:
 def settle_depth(depths, values, limit: float, tolerance: float = 0.05, model=None) -> tuple[float, bool]:
     """``(depth, extrapolated)``: the first depth from which ``|values/limit - 1| < tolerance`` at every
     deeper depth computed.  When even the deepest is outside, the crossing is extrapolated with ``model``
-    (``tail_model``'s coefficients; ``inf`` without one or when it never crosses)."""
+    (``tail_model``'s coefficients; ``inf`` without one, or when the model does not stay inside from some
+    depth on, e.g. a model whose limit ``c`` lies outside the band, which it may pass through)."""
     depths, values = _curve(depths, values, "values")
     if len(depths) < 1:
         raise ValueError("settle_depth needs at least 1 depth")
-    if not (math.isfinite(limit) and limit != 0):
+    if isinstance(limit, bool) or not isinstance(limit, (int, float, np.floating)) or not (math.isfinite(limit) and limit != 0):
         raise ValueError(f"limit={limit!r} is not allowed; limit must be finite and non-zero")
     if not tolerance > 0:
         raise ValueError(f"tolerance={tolerance!r} is not allowed; tolerance must be > 0")
@@ -101,10 +102,12 @@ def settle_depth(depths, values, limit: float, tolerance: float = 0.05, model=No
         return float(depths[outside[-1] + 1] if len(outside) else depths[0]), False
     if model is None:
         return math.inf, True
+    if len(model) != 3 or not all(isinstance(v, (int, float, np.floating)) and math.isfinite(v) for v in model):
+        raise ValueError(f"model={model!r} is not allowed; pass tail_model's three finite coefficients (c, a, b)")
     c, a, b = model
     later = depths[-1] * 1.01 ** np.arange(1, 2000)  # up to about 4e8 times deeper
     gap = np.abs((c + (a + b * np.log(later)) / later) / limit - 1)
     ok = np.flatnonzero(gap >= tolerance)
-    if len(ok) == len(later):
-        return math.inf, True
+    if len(ok) == len(later) or (len(ok) and ok[-1] == len(later) - 1):
+        return math.inf, True  # never inside, or inside for a while and out again by the end: never settles
     return float(np.ceil(later[ok[-1] + 1] if len(ok) else later[0])), True

@@ -629,15 +629,20 @@ def slope_for_delta(delta: float) -> float:
     return float((1 - 2 * math.sqrt(delta * (1 - delta))) / (1 - 2 * delta))
 
 
-def condition_curve(x, activation, max_depth: int, dense_up_to: int = 64, ratio: float = 1.02) -> pd.DataFrame:
-    """``cond`` and ``lambda_max`` of ``Theta^l`` (the 1/n cancels in cond) at every depth up to
-    ``dense_up_to``, then at depths a factor ``ratio`` apart, up to ``max_depth``."""
+def condition_depths(max_depth: int, dense_up_to: int = 64, ratio: float = 1.02) -> set[int]:
+    """Every depth up to ``dense_up_to``, then depths a factor ``ratio`` apart, up to ``max_depth``."""
     grid = set(range(1, min(dense_up_to, max_depth) + 1))
     d = float(dense_up_to)
     while d < max_depth:
         d *= ratio
         grid.add(min(int(round(d)), max_depth))
     grid.add(max_depth)
+    return grid
+
+
+def condition_curve(x, activation, max_depth: int, dense_up_to: int = 64, ratio: float = 1.02) -> pd.DataFrame:
+    """``cond`` and ``lambda_max`` of ``Theta^l`` (the 1/n cancels in cond) at the ``condition_depths``."""
+    grid = condition_depths(max_depth, dense_up_to, ratio)
     rows = []
     for depth, _, theta in iterate_kernels(x, activation):
         if depth in grid:
@@ -686,7 +691,11 @@ def infinite_width_exponents(condition: pd.DataFrame, deltas=(0.5, 1.0), per_oct
     rows = []
     for delta in deltas:
         d = condition[condition.delta == delta]
-        grid = set(geometric_depths(int(d.depth.max()), per_octave))
+        # the computed depth nearest (in log) to each point of a geometric grid: the condition curve's own grid
+        # is dense and 2% apart, and need not contain the geometric grid's depths
+        computed = np.unique(d.depth.to_numpy())
+        targets = geometric_depths(int(computed.max()), per_octave)
+        grid = set(computed[np.abs(np.log(computed)[None, :] - np.log(targets)[:, None]).argmin(axis=1)])
         curves = [local_exponents(g.depth, g.lambda_max) for _, g in d[d.depth.isin(grid)].groupby("draw")]
         values = np.stack([c.exponent.to_numpy() for c in curves])
         rows.append(pd.DataFrame({"delta": delta, "depth": curves[0].depth, "exponent": values.mean(0),

@@ -82,10 +82,6 @@ PARTS = 10  # "every tenth of the run"
 D_IN, D_OUT = 784, 10  # Fashion-MNIST, one-hot MSE targets
 
 
-def family_key(parameterization: str, method: str) -> str:
-    return f"{parameterization}_{method}"
-
-
 def split_key(key: str) -> tuple[str, str]:
     param, method = key.split("_", 1)
     return param, method
