@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nup.analysis.best_lr import extrapolate_log2_lr, next_grid
+from nup.analysis.best_lr import extrapolate_log2_lr, grid_around, next_grid
 
 from nup.experiments import nup_depth_scaling as E
 
@@ -34,11 +34,11 @@ def synthetic_runs(slopes=None, exponents=None, seeds=(0, 1, 2, 3, 4), depths=(4
     for key in KEYS:
         for depth in depths:
             best = slopes.get(key, 0.0) * math.log2(depth / depths[0])
-            grid = sorted(set(E.grid_around(best, 2) + [0.0]))
+            grid = sorted(set(grid_around(best, 2) + [0.0]))
             offsets = rng.normal(0, noise, (len(seeds), len(grid))) if noise else np.zeros((len(seeds), len(grid)))
             offsets -= offsets.mean(axis=0)
             for j, x in enumerate(grid):
-                in_grid = x in E.grid_around(best, 2)
+                in_grid = x in grid_around(best, 2)
                 for i, seed in enumerate(seeds):
                     loss = base_losses.get(key, 0.05) * math.exp(0.7 * (x - best) ** 2 + offsets[i, j])
                     change = 0.5 * (depth / depths[0]) ** exponents.get(key, 0.0)
@@ -101,7 +101,7 @@ def test_grids():
 def test_table_keeps_the_grid_only():
     runs = synthetic_runs(slopes={"ntk": -1.0})
     x, losses = E.table(runs, "ntk", 12)
-    assert list(x) == E.grid_around(-math.log2(3), 2) and losses.shape == (5, 5)
+    assert list(x) == grid_around(-math.log2(3), 2) and losses.shape == (5, 5)
     assert not np.isin(0.0, x)  # the transferred rate was run outside this grid
 
 

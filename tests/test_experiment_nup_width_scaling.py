@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nup.analysis.best_lr import extrapolate_log2_lr, next_grid
+from nup.analysis.best_lr import extrapolate_log2_lr, grid_around, next_grid
 
 from nup.analysis.stats import Estimate
 from nup.experiments import nup_width_scaling as E
@@ -37,7 +37,7 @@ def synthetic_runs(slopes=None, exponents=None, depth_slope=0.0, depth_key="nup_
     points = [(key, "width", 4, w, slopes.get(key, 0.0) * math.log2(w / widths[0])) for key in KEYS for w in widths]
     points += [(depth_key, "depth", d, 16, depth_slope * math.log2(d / depths[0])) for d in depths]
     for key, axis, depth, width, best in points:
-        grid = sorted(set(E.grid_around(best, 2) + [0.0]))
+        grid = sorted(set(grid_around(best, 2) + [0.0]))
         offsets = rng.normal(0, noise, (len(seeds), len(grid))) if noise else np.zeros((len(seeds), len(grid)))
         offsets -= offsets.mean(axis=0)
         for j, x in enumerate(grid):
@@ -46,7 +46,7 @@ def synthetic_runs(slopes=None, exponents=None, depth_slope=0.0, depth_key="nup_
                 change = 0.5 * (width / widths[0]) ** exponents.get(key, 0.0)
                 bad = axis == "width" and (key, width) in diverge and x == 0.0
                 rows.append((key, axis, depth, width, x, seed, math.nan if bad else loss, bad,
-                             math.inf if bad else change, 1.0, x in E.grid_around(best, 2), x == 0.0))
+                             math.inf if bad else change, 1.0, x in grid_around(best, 2), x == 0.0))
     return pd.DataFrame(rows, columns=E.COLUMNS + ["in_grid", "transferred"])
 
 

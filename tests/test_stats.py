@@ -11,7 +11,7 @@ from nup.analysis.fits import bootstrap
 import pandas as pd
 
 from nup.analysis.stats import (Estimate, independent_ratio, jackknife_groups, jackknife_of_means, jackknife_t,
-                                mean_interval, mean_over_seeds, paired_log_ratio, ratio_of_means)
+                                mean_interval, mean_over_seeds, paired_log_ratio, ratio_of_means, nan_estimate)
 
 SIMULATIONS = 2000
 SEED_COUNTS = (5, 8)  # the notebooks' verdicts rest on at least 5 seeds
@@ -266,3 +266,13 @@ def test_mean_over_seeds_averages_within_a_seed_first():
 def test_bad_input_to_the_new_intervals_names_the_parameter(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         call()
+
+
+def test_nan_estimate_is_never_true():
+    from nup.analysis.verdicts import compare
+
+    est = nan_estimate(3, "paired seeds")
+    assert math.isnan(est.value) and math.isnan(est.low) and math.isnan(est.high)
+    assert (est.n, est.unit, est.level) == (3, "paired seeds", 0.95)
+    for op in ("<", ">"):
+        assert compare("x {threshold}", est, None, op, 1.0).holds is False

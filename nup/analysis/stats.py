@@ -56,7 +56,8 @@ import pandas as pd
 from scipy import stats as _scipy_stats
 
 __all__ = ["Estimate", "replicate_data", "check_level", "jackknife_t", "fraction", "mean_interval", "paired_log_ratio",
-           "ratio_of_means", "jackknife_groups", "jackknife_of_means", "independent_ratio", "mean_over_seeds", "UNITS"]
+           "ratio_of_means", "jackknife_groups", "jackknife_of_means", "independent_ratio", "mean_over_seeds",
+           "nan_estimate", "UNITS"]
 
 UNITS = ("seeds", "paired seeds", "networks")
 
@@ -91,7 +92,10 @@ def _check_unit(unit: str) -> None:
         raise ValueError(f"unit={unit!r} is not allowed; one of {', '.join(map(repr, UNITS))}")
 
 
-def _nan(level: float, n: int, unit: str) -> Estimate:
+def nan_estimate(n: int | None, unit: str = "seeds", level: float = 0.95) -> Estimate:
+    """A NaN estimate over ``n`` replicates of ``unit``: what a statistic gives when it cannot be computed
+    (too few replicates, a diverged run).  A verdict on it is never True (``nup.analysis.verdicts`` decides
+    a non-finite estimate False)."""
     return Estimate(math.nan, math.nan, math.nan, level, n, unit)
 
 
@@ -116,7 +120,7 @@ def jackknife_t(replicates, statistic: Callable, level: float = 0.95, unit: str 
     n = len(data)
     value = float(statistic(data))
     if not math.isfinite(value):
-        return _nan(level, n, unit)
+        return nan_estimate(n, unit, level)
     leave_one_out = np.array([float(statistic([d for j, d in enumerate(data) if j != i] if is_list
                                               else np.delete(data, i, axis=0))) for i in range(n)])
     return _jackknife_estimate(value, leave_one_out, level, unit)
@@ -184,7 +188,7 @@ def jackknife_of_means(features, statistic: Callable, level: float = 0.95, unit:
     x = _features(features, "features")
     value, leave_one_out = _means_and_leave_one_out(x, statistic)
     if not math.isfinite(value):
-        return _nan(level, len(x), unit)
+        return nan_estimate(len(x), unit, level)
     return _jackknife_estimate(value, leave_one_out, level, unit)
 
 
@@ -204,7 +208,7 @@ def independent_ratio(numerator, denominator, statistic: Callable, level: float 
     (top, top_loo), (bottom, bottom_loo) = (_means_and_leave_one_out(a, statistic),
                                             _means_and_leave_one_out(b, statistic))
     if not (top > 0 and bottom > 0 and math.isfinite(top) and math.isfinite(bottom)):
-        return _nan(level, n, unit)
+        return nan_estimate(n, unit, level)
     value = top / bottom
     with np.errstate(divide="ignore", invalid="ignore"):
         var = _jackknife_variance(np.log(top_loo)) + _jackknife_variance(np.log(bottom_loo))
@@ -232,14 +236,14 @@ def paired_log_ratio(numerator, denominator, level: float = 0.95) -> Estimate:
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log(a) - np.log(b)
     if not np.all(np.isfinite(logs)):
-        return _nan(level, len(a), "paired seeds")
+        return nan_estimate(len(a), "paired seeds", level)
     return mean_interval(logs, level, "paired seeds").map(math.exp)
 
 
 def ratio_of_means(numerator, denominator, paired: bool, level: float = 0.95) -> Estimate:
     """``mean(a)/mean(b)`` with a jackknife-t interval: over the pairs when ``paired`` (unit: paired
-    seeds), else over the two independent samples of positive values (delta method on the log: the two jackknife variances add, with
-    the smaller sample's degrees of freedom)."""
+    seeds), else over the two independent samples of positive values (delta method on the log: the two
+    jackknife variances add, with the smaller sample's degrees of freedom)."""
     a, b = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
     if a.ndim != 1 or b.ndim != 1:
         raise ValueError("numerator and denominator must be 1-d (one value per seed)")
@@ -252,7 +256,7 @@ def ratio_of_means(numerator, denominator, paired: bool, level: float = 0.95) ->
     if len(a) < 2 or len(b) < 2:
         raise ValueError(f"ratio_of_means needs at least 2 values in each sample, got {len(a)} and {len(b)}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))) or a.mean() <= 0 or b.mean() <= 0:
-        return _nan(level, min(len(a), len(b)), "seeds")
+        return nan_estimate(min(len(a), len(b)), "seeds", level)
     value = float(a.mean() / b.mean())
     # log(mean a) - log(mean b): variances of the two log-means add (delta method), t with the smaller n - 1.
     var = a.var(ddof=1) / (len(a) * a.mean() ** 2) + b.var(ddof=1) / (len(b) * b.mean() ** 2)

@@ -54,7 +54,7 @@ import pandas as pd
 
 from nup.analysis.catapult import (PHASES, classify_phase, config_for_ratio, constant_loss, initial_eigenvalues,
                                    largest_rise, window_edge)
-from nup.analysis.stats import Estimate, fraction, jackknife_t, mean_interval, paired_log_ratio
+from nup.analysis.stats import Estimate, fraction, jackknife_t, mean_interval, nan_estimate, paired_log_ratio
 from nup.analysis.verdicts import Verdict, all_of, compare, format_number, within
 from nup.core.activations import ACTIVATIONS
 from nup.experiments import RUN_THREADS
@@ -145,7 +145,8 @@ def summarize_run(loss, lam, diverged: bool, lambda0: float, ratio: float, basel
     loss, lam = np.asarray(loss, dtype=float), np.asarray(lam, dtype=float)
     lambda_ratio = lam[-1] / lambda0 if len(lam) and not diverged else math.nan
     eta_lam = ratio * lam / lambda0
-    return dict(phase=classify_phase(loss, diverged, lambda_ratio=lambda_ratio, baseline=baseline), rise=largest_rise(loss),
+    return dict(phase=classify_phase(loss, diverged, lambda_ratio=lambda_ratio, baseline=baseline),
+                rise=largest_rise(loss),
                 final_loss=float(loss[-1]), eta_lambda_min=_finite_min(eta_lam[1:]),
                 eta_lambda_end=float(eta_lam[-1]) if len(lam) and not diverged else math.nan)
 
@@ -384,7 +385,8 @@ def edge_summary(edges: pd.DataFrame) -> pd.DataFrame:
 def edge_fit(log_edges: np.ndarray, depths, widths) -> tuple[float, float]:
     """``(a, b)`` of the least-squares fit ``log edge = c + a log l + b log w`` to the mean over seeds (rows)
     of the log edges of the cells (columns) at ``depths`` and ``widths``."""
-    design = np.column_stack([np.ones(len(depths)), np.log(np.asarray(depths, float)), np.log(np.asarray(widths, float))])
+    design = np.column_stack([np.ones(len(depths)), np.log(np.asarray(depths, float)),
+                              np.log(np.asarray(widths, float))])
     coef = np.linalg.lstsq(design, np.mean(log_edges, axis=0), rcond=None)[0]
     return float(coef[1]), float(coef[2])
 
@@ -406,7 +408,7 @@ def edge_scaling(edges: pd.DataFrame, activation: str) -> dict:
     kept = d[~d.seed.isin(censored)]
     out = dict(activation=activation, seeds=int(kept.seed.nunique()), excluded=len(censored))
     if out["seeds"] < 2 or kept.width.nunique() < 2 or kept.depth.nunique() < 2:
-        nan = Estimate(math.nan, math.nan, math.nan, n=out["seeds"], unit="paired seeds")
+        nan = nan_estimate(out["seeds"], "paired seeds")
         return {**out, "a": nan, "b": nan, "share": nan}
     log_e, cells = edge_matrix(kept)
     widths, depths = [c[2] for c in cells], [c[3] for c in cells]

@@ -77,7 +77,7 @@ from nup.analysis.catapult import classify_phase, largest_rise
 from nup.analysis.depth_profiles import geometric_depths, local_exponents, settle_depth, tail_model
 from nup.analysis.fits import mean_curve_exponent, power_law
 from nup.analysis.frames import metric
-from nup.analysis.stats import Estimate, jackknife_t, mean_interval, paired_log_ratio, ratio_of_means
+from nup.analysis.stats import Estimate, jackknife_t, mean_interval, nan_estimate, paired_log_ratio, ratio_of_means
 from nup.analysis.verdicts import Verdict, all_of, compare, format_number, within
 from nup.core.activations import ACTIVATIONS, leaky_relu
 from nup.core.device import resolve_device
@@ -448,7 +448,7 @@ def rule_regrets(runs: pd.DataFrame, transferred: pd.Series, reference_depth: in
                     x = rule_log2_lr(rule, transferred[act], depth, reference_depth)
                     est = transfer_regret(*sweep_table(runs, act, depth, grid_only=False), x)
                 else:
-                    x, est = math.nan, Estimate(math.nan, math.nan, math.nan, n=n, unit="paired seeds")
+                    x, est = math.nan, nan_estimate(n, "paired seeds")
                 rows.append((act, rule, int(depth), x, est.value, est.low, est.high, est.n))
     return pd.DataFrame(rows, columns=["activation", "rule", "depth", "log2_lr", "regret", "low", "high", "n"])
 
@@ -468,7 +468,7 @@ def rule_comparison(runs: pd.DataFrame, transferred: pd.Series, reference_depth:
                                       rule_log2_lr(RULES[1], transferred[act], depth, reference_depth))
                 est = paired_log_ratio(fixed, scaled)
             else:
-                est = Estimate(math.nan, math.nan, math.nan, n=runs.seed.nunique(), unit="paired seeds")
+                est = nan_estimate(runs.seed.nunique(), "paired seeds")
             side = "higher" if est.low > 1 else "lower" if est.high < 1 else "undecided"
             rows.append((act, int(depth), est.value, est.low, est.high, est.n, side))
     return pd.DataFrame(rows, columns=["activation", "depth", "fixed_over_scaled", "low", "high", "n", "fixed"])

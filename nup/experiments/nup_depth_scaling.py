@@ -52,11 +52,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, grid_around, log_loss_table,
+from nup.analysis.best_lr import (best_log2_lr, best_lr_bootstrap, depth_slope, log_loss_table,
                                   transfer_regret, tune_along)
 from nup.analysis.fits import mean_curve_exponent
 from nup.analysis.frames import seed_curves
-from nup.analysis.stats import Estimate, paired_log_ratio
+from nup.analysis.stats import Estimate, nan_estimate, paired_log_ratio
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import matched_width, parameter_count, training_flops
@@ -310,7 +310,7 @@ def regrets(runs: pd.DataFrame, transferred: pd.Series) -> pd.DataFrame:
             if math.isfinite(transferred[key]):
                 est = transfer_regret(*full_table(runs, key, depth), transferred[key])
             else:
-                est = Estimate(math.nan, math.nan, math.nan, n=runs.seed.nunique(), unit="paired seeds")
+                est = nan_estimate(runs.seed.nunique(), "paired seeds")
             rows.append((key, FAMILIES[key].label, int(depth), est.value, est.low, est.high, est.n))
     return pd.DataFrame(rows, columns=["family", "label", "depth", "regret", "low", "high", "n"])
 
@@ -347,7 +347,7 @@ def loss_ratios(runs: pd.DataFrame, depth: int) -> dict[str, Estimate]:
     means = {k: float(np.exp(np.mean(np.log(v)))) for k, v in losses.items() if np.all(np.isfinite(v))}
     n = runs.seed.nunique()
     if not means:
-        return {k: Estimate(math.nan, math.nan, math.nan, n=n, unit="paired seeds") for k in losses}
+        return {k: nan_estimate(n, "paired seeds") for k in losses}
     best = min(means, key=means.get)
     return {k: paired_log_ratio(v, losses[best]) for k, v in losses.items()}
 

@@ -44,10 +44,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nup.analysis.best_lr import best_log2_lr, grid_around, log_loss_table, transfer_regret, tune_along
+from nup.analysis.best_lr import best_log2_lr, log_loss_table, transfer_regret, tune_along
 from nup.analysis.fits import mean_curve_exponent
 from nup.analysis.frames import seed_curves
-from nup.analysis.stats import Estimate
+from nup.analysis.stats import Estimate, nan_estimate
 from nup.analysis.verdicts import Verdict, all_of, compare, within
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count
@@ -246,7 +246,7 @@ def regrets(runs: pd.DataFrame, transferred: pd.Series, axis: str = "width") -> 
             if math.isfinite(transferred.get(key, math.nan)):
                 est = transfer_regret(*table(runs, key, axis, point, grid_only=False), transferred[key])
             else:
-                est = Estimate(math.nan, math.nan, math.nan, n=d.seed.nunique(), unit="paired seeds")
+                est = nan_estimate(d.seed.nunique(), "paired seeds")
             rows.append((key, FAMILIES[key].label, int(point), est.value, est.low, est.high, est.n))
     return pd.DataFrame(rows, columns=["family", "label", axis, "regret", "low", "high", "n"])
 
@@ -326,5 +326,5 @@ def claims(frames: dict, p) -> list[Verdict]:
     dreg = regrets(runs, frames["depth_transferred"], "depth")
     deepest = dreg[(dreg.family == key) & (dreg.depth == p.depths[-1])]
     est = _estimate(next(deepest.itertuples())) if len(deepest) else \
-        Estimate(math.nan, math.nan, math.nan, n=len(p.seeds), unit="paired seeds")
+        nan_estimate(len(p.seeds), "paired seeds")
     return transfers + rich + [depth_regret_verdict(est)]

@@ -61,7 +61,7 @@ import pandas as pd
 
 from nup.analysis.best_lr import best_log2_lr, tune_along
 from nup.analysis.catapult import classify_phase, constant_loss, count_spikes, initial_eigenvalues
-from nup.analysis.stats import Estimate, fraction, mean_interval, paired_log_ratio, ratio_of_means
+from nup.analysis.stats import Estimate, fraction, mean_interval, nan_estimate, paired_log_ratio, ratio_of_means
 from nup.analysis.verdicts import Verdict, compare
 from nup.core.activations import ACTIVATIONS
 from nup.core.cost import parameter_count, training_flops
@@ -95,7 +95,8 @@ def _check(p) -> None:
     if not 2 < p.c < 4:
         raise ValueError(f"c={p.c!r} is not allowed; the schedule keeps eta*lambda in the catapult window, c in (2, 4)")
     if not p.catapult_ratio > 2:
-        raise ValueError(f"catapult_ratio={p.catapult_ratio!r} is not allowed; it must be above 2 (the catapult window)")
+        raise ValueError(f"catapult_ratio={p.catapult_ratio!r} is not allowed; it must be above 2 (the catapult "
+                         "window)")
     if p.steps < 4 * p.diagnostic_every:
         raise ValueError(f"diagnostic_every={p.diagnostic_every!r} is not allowed; the quarters of the run need "
                          f"lambda_t, so diagnostic_every must be at most steps/4 ({p.steps // 4})")
@@ -241,7 +242,8 @@ def summarize(frame: pd.DataFrame, keys: list[tuple], lambda0: dict, baseline: d
             kernel_alignment=float(get("kernel_alignment").iloc[-1]), preact_change=float(last["value"].mean()),
             spikes=tenth, tenths_with_spike=sum(s > 0 for s in tenth),
             late_spikes=count_spikes(loss.to_numpy()[len(loss) // PARTS:], p.spike_rise),
-            lambda_q2=float(lam.iloc[n_lam // 4: n_lam // 2].median()), lambda_q4=float(lam.iloc[3 * n_lam // 4:].median()),
+            lambda_q2=float(lam.iloc[n_lam // 4: n_lam // 2].median()),
+            lambda_q4=float(lam.iloc[3 * n_lam // 4:].median()),
             eta_lambda_end=float(lr.iloc[-1] * lam.iloc[-1] * lam0) if not diverged else math.nan,
             path_q4=float(shape_step.iloc[3 * n_step // 4 + 1:].sum()),
             cap_step=cap_step(lr * lam0, cap) if method in GEOMETRIC else math.nan,
@@ -418,14 +420,10 @@ def phase_counts(runs: pd.DataFrame) -> pd.DataFrame:
     return counts.reindex(columns=["lazy", "catapult", "divergent"], fill_value=0)
 
 
-def _nan_estimate(n: int, unit: str) -> Estimate:
-    return Estimate(math.nan, math.nan, math.nan, n=n, unit=unit)
-
-
 def seed_mean(values) -> Estimate:
     """The mean over seeds with its t interval; NaN (never decided) with fewer than 2 values."""
     v = np.asarray(values, dtype=float)
-    return mean_interval(v) if len(v) >= 2 else _nan_estimate(len(v), "seeds")
+    return mean_interval(v) if len(v) >= 2 else nan_estimate(len(v), "seeds")
 
 
 def every_seed(mask) -> Estimate:
@@ -451,7 +449,7 @@ def paired_difference(a: pd.Series, b: pd.Series) -> Estimate:
     """The mean over seeds of ``a - b`` (paired by seed: the same networks and data draws) with its t interval."""
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
     if len(joined) < 2:
-        return _nan_estimate(len(joined), "paired seeds")
+        return nan_estimate(len(joined), "paired seeds")
     return mean_interval((joined.a - joined.b).to_numpy(), unit="paired seeds")
 
 
@@ -477,7 +475,7 @@ def _dynamics(g: pd.DataFrame, const: pd.DataFrame, which: str) -> list[Verdict]
     joined = pd.concat([ok.path_q4.rename("geo"), const[const.phase != "divergent"].path_q4.rename("const")],
                        axis=1, join="inner")
     moves = (ratio_of_means(joined.geo.to_numpy(), joined.const.to_numpy(), paired=True) if len(joined) >= 2
-             else _nan_estimate(len(joined), "paired seeds"))
+             else nan_estimate(len(joined), "paired seeds"))
     return [
         compare(f"with the geometric schedule ({which}) the loss spikes in every tenth of the run and the run is not "
                 "divergent (repeated catapults; fraction of seeds at least {threshold})", every_seed(prolonged(g)),
@@ -535,7 +533,8 @@ def claims(frames: dict, p) -> list[Verdict]:
             for baseline in BASELINES:
                 if (param, baseline) not in FAMILIES:
                     continue
-                e = paired_difference(by_seed(runs, param, m).test_accuracy, by_seed(runs, param, baseline).test_accuracy)
+                e = paired_difference(by_seed(runs, param, m).test_accuracy,
+                                      by_seed(runs, param, baseline).test_accuracy)
                 verdicts.append(compare(f"under {PARAM_NAMES[param]} the schedule ({LABELS[m]}) beats the tuned "
                                         f"{BASELINE_NAMES[baseline]} in mean test accuracy by at least {{threshold}} "
                                         "(paired by seed)", e, None, ">=", MARGIN))
